@@ -1,0 +1,417 @@
+"""Attribution of one trace: which spans are billable LLM calls, their tenant (and where it came from, or why
+not), the originating request they roll up to. A pure function of the set of spans (plus linked-trace context).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from processors._dialects import GenAIView, view_of
+from processors._record import UsageRecord
+from processors.config import IdentityConfig
+from receiver import StagedSpan
+from receiver._model import SPAN_KIND_CONSUMER, SPAN_KIND_SERVER, AttrValue
+
+# Reason codes for an unattributed call (README "Attribution audit" explains each in plain words).
+REASON_INVALID = "invalid_tenant_id"
+REASON_CONFLICT = "tenant_conflict"
+REASON_LINK = "link_unresolved"  # (3) a job trace whose linked request is unknown or untenanted
+REASON_PARENT_MISSING = "parent_not_received"  # (2) the upstream hop that knew the tenant never reached us
+REASON_INFRA = "infrastructure_call"  # (6) embeddings/retrieval with no tenant anywhere in the trace
+REASON_NOT_PROPAGATED = "tenant_not_propagated"  # (5) tenant present in the trace, not on this call's request
+REASON_NONE = "no_tenant_in_trace"  # (1) one shared key, no baggage anywhere
+
+INFRA_OPERATIONS = frozenset({"embeddings", "retrieval", "rerank", "search_memory", "create_memory"})
+MAX_DEPTH = 10_000  # parent chains deeper than this are treated as cut (cyclic or hostile input)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedContext:
+    trace_id: str
+    request_id: str
+    tenant_id: str | None
+    user_id: str | None
+
+
+class LinkResolver(Protocol):
+    def resolve(self, trace_id: str) -> LinkedContext | None: ...
+
+
+_LinkLookup = Callable[[StagedSpan, list[StagedSpan]], tuple[LinkedContext | None, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSummary:
+    """What other traces (jobs linked to this one) inherit from it."""
+
+    trace_id: str
+    request_id: str
+    tenant_id: str | None
+    user_id: str | None
+    linked_traces: tuple[str, ...]
+    unresolved_links: bool
+    span_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TraceResult:
+    summary: TraceSummary
+    records: tuple[UsageRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tenant:
+    value: str | None  # None with invalid=True: a candidate was present but rejected
+    source: str
+    invalid: bool = False
+
+
+def clean_tenant(raw: AttrValue, max_len: int) -> str | None:
+    """Tenant ids are untrusted input: bounded length, no control or format characters, not blank."""
+    if isinstance(raw, bool) or raw is None or isinstance(raw, list):
+        return None
+    value = str(raw).strip()
+    if not value or len(value) > max_len:
+        return None
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029\u200b\ufeff" for c in value):
+        return None
+    return value
+
+
+def _first(attrs: Mapping[str, AttrValue], keys: Iterable[str]) -> AttrValue:
+    for k in keys:
+        v = attrs.get(k)
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _metadata(attrs: Mapping[str, AttrValue], cfg: IdentityConfig) -> dict[str, AttrValue]:
+    for k in cfg.metadata_keys:
+        raw = attrs.get(k)
+        if isinstance(raw, str) and raw.startswith("{"):
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                return doc
+    return {}
+
+
+def _baggage_value(header: str | None, keys: Iterable[str]) -> str | None:
+    """W3C Baggage: comma-separated key=value;properties, percent-encoded values."""
+    if not header:
+        return None
+    from urllib.parse import unquote
+
+    entries = {}
+    for member in header.split(","):
+        kv = member.split(";")[0]
+        if "=" in kv:
+            k, v = kv.split("=", 1)
+            entries[k.strip()] = unquote(v.strip())
+    for k in keys:
+        if k in entries:
+            return entries[k]
+    return None
+
+
+class _Trace:
+    """Indexes over one trace's spans; the first copy of a span id wins (lowest spool seq)."""
+
+    def __init__(self, spans: Iterable[StagedSpan], cfg: IdentityConfig) -> None:
+        self.cfg = cfg
+        by_id: dict[str, StagedSpan] = {}
+        for s in spans:
+            cur = by_id.get(s.span_id)
+            if cur is None or s.seq < cur.seq:
+                by_id[s.span_id] = s
+        # Deterministic order regardless of arrival: by start time then span id.
+        self.spans = sorted(by_id.values(), key=lambda s: (s.start_time_unix_nano, s.span_id))
+        self.by_id = by_id
+        self.trace_id = self.spans[0].trace_id if self.spans else ""
+        self._own: dict[str, _Tenant | None] = {}
+        self._entry: dict[str, tuple[str, bool]] = {}
+
+    def parent(self, s: StagedSpan) -> StagedSpan | None:
+        if s.parent_span_id is None or s.parent_span_id == s.span_id:
+            return None
+        return self.by_id.get(s.parent_span_id)
+
+    def ancestors(self, s: StagedSpan) -> tuple[list[StagedSpan], bool]:
+        """Parents from nearest to farthest, and whether the chain ends at a parent we never received."""
+        out: list[StagedSpan] = []
+        seen = {s.span_id}
+        cur = s
+        while True:
+            pid = cur.parent_span_id
+            if pid is None:
+                return out, False
+            p = self.by_id.get(pid)
+            if p is None:
+                return out, True
+            if p.span_id in seen or len(out) >= MAX_DEPTH:
+                return out, False  # a cycle or a hostile depth: treat the chain as ending here
+            seen.add(p.span_id)
+            out.append(p)
+            cur = p
+
+    def own_tenant(self, s: StagedSpan) -> _Tenant | None:
+        if s.span_id in self._own:
+            return self._own[s.span_id]
+        cfg = self.cfg
+        found: _Tenant | None = None
+        for attrs, source in ((s.attributes, "span"), (_metadata(s.attributes, cfg), "metadata"),
+                              (s.resource_attributes, "resource")):
+            raw = _first(attrs, cfg.tenant_keys + (("tenant",) if source == "metadata" else ()))
+            if raw is None:
+                continue
+            value = clean_tenant(raw, cfg.max_tenant_id_length)
+            found = _Tenant(value, source) if value else _Tenant(None, source, invalid=True)
+            break
+        self._own[s.span_id] = found
+        return found
+
+    def entry(self, s: StagedSpan) -> tuple[str, bool]:
+        """The originating request's entry span id: the outermost SERVER/CONSUMER span on the chain, else the
+        top of the chain; and whether the chain ends at a missing parent."""
+        hit = self._entry.get(s.span_id)
+        if hit is not None:
+            return hit
+        chain, cut = self.ancestors(s)
+        path = [s, *chain]
+        entry = path[-1]
+        for p in reversed(path):
+            if p.kind in (SPAN_KIND_SERVER, SPAN_KIND_CONSUMER):
+                entry = p
+                break
+        self._entry[s.span_id] = (entry.span_id, cut)
+        return entry.span_id, cut
+
+
+def attribute_trace(
+    spans: Iterable[StagedSpan],
+    cfg: IdentityConfig,
+    resolver: LinkResolver,
+) -> TraceResult:
+    t = _Trace(spans, cfg)
+    views: dict[str, GenAIView] = {}
+    for s in t.spans:
+        v = view_of(s)
+        if v.is_genai:
+            views[s.span_id] = v
+
+    # Per request (entry span): the distinct valid tenants its spans carry themselves.
+    request_tenants: dict[str, set[str]] = {}
+    request_users: dict[str, set[str]] = {}
+    trace_tenants: set[str] = set()
+    for s in t.spans:
+        e, _ = t.entry(s)
+        own = t.own_tenant(s)
+        if own is not None and own.value is not None:
+            request_tenants.setdefault(e, set()).add(own.value)
+            trace_tenants.add(own.value)
+        u = _first(s.attributes, cfg.user_keys)
+        if isinstance(u, str | int) and not isinstance(u, bool):
+            request_users.setdefault(e, set()).add(str(u))
+
+    # Leaf rule: bill the innermost GenAI spans that report usage; a wrapper/agent span's aggregate is used
+    # only when none of its descendants reports usage (semconv: invoke_agent also carries gen_ai.usage.*).
+    usage_below: set[str] = set()
+    call_below: set[str] = set()
+    for sid, v in views.items():
+        if v.usage_reported or v.role == "inference":
+            _mark_ancestors(t, t.by_id[sid], call_below)
+        if v.usage_reported:
+            _mark_ancestors(t, t.by_id[sid], usage_below)
+
+    linked_ctx: dict[str, LinkedContext | None] = {}
+
+    def link_context(s: StagedSpan, chain: list[StagedSpan]) -> tuple[LinkedContext | None, bool]:
+        has_links = False
+        for p in (s, *chain):
+            for ln in sorted(p.links, key=lambda x: (x.trace_id, x.span_id)):
+                if ln.trace_id == t.trace_id:
+                    continue
+                has_links = True
+                if ln.trace_id not in linked_ctx:
+                    linked_ctx[ln.trace_id] = resolver.resolve(ln.trace_id)
+                ctx = linked_ctx[ln.trace_id]
+                if ctx is not None and ctx.tenant_id is not None:
+                    return ctx, True
+        return None, has_links
+
+    records: list[UsageRecord] = []
+    for s in t.spans:
+        v = views.get(s.span_id)
+        if v is None:
+            continue
+        if v.usage_reported:
+            if s.span_id in usage_below:
+                continue
+        elif v.role != "inference" or s.span_id in call_below:
+            continue
+        records.append(_record(t, s, v, cfg, request_tenants, request_users, trace_tenants, link_context))
+
+    # Summary for traces that link to this one (async jobs): its root request and its unique tenant.
+    roots = [s for s in t.spans if t.parent(s) is None]
+    root = roots[0] if roots else t.spans[0]
+    root_entry, _ = t.entry(root)
+    summary_tenant = next(iter(trace_tenants)) if len(trace_tenants) == 1 else None
+    summary_request = f"{t.trace_id}-{root_entry}"
+    summary_user = _only(request_users.get(root_entry))
+    root_link, root_has_links = link_context(root, t.ancestors(root)[0])
+    if summary_tenant is None and root_link is not None:
+        summary_tenant, summary_request = root_link.tenant_id, root_link.request_id
+        summary_user = summary_user or root_link.user_id
+    linked = sorted({ln.trace_id for s in t.spans for ln in s.links if ln.trace_id != t.trace_id})
+    unresolved = any((c := linked_ctx.get(x)) is None or c.tenant_id is None for x in linked)
+    unresolved = unresolved or (root_has_links and root_link is None)
+    summary = TraceSummary(t.trace_id, summary_request, summary_tenant, summary_user, tuple(linked), unresolved,
+                           len(t.spans))
+    return TraceResult(summary, tuple(records))
+
+
+def _only(values: set[str] | None) -> str | None:
+    return next(iter(values)) if values and len(values) == 1 else None
+
+
+def _mark_ancestors(t: _Trace, s: StagedSpan, marked: set[str]) -> None:
+    cur = t.parent(s)
+    depth = 0
+    while cur is not None and cur.span_id not in marked and depth < MAX_DEPTH:
+        marked.add(cur.span_id)
+        cur = t.parent(cur)
+        depth += 1
+
+
+def _record(
+    t: _Trace,
+    s: StagedSpan,
+    v: GenAIView,
+    cfg: IdentityConfig,
+    request_tenants: dict[str, set[str]],
+    request_users: dict[str, set[str]],
+    trace_tenants: set[str],
+    link_context: _LinkLookup,
+) -> UsageRecord:
+    chain, cut = t.ancestors(s)
+    entry_id, _ = t.entry(s)
+    request_id = f"{t.trace_id}-{entry_id}"
+    tenant: str | None = None
+    source: str | None = None
+    invalid = False
+    chain_tenants: set[str] = set()
+    # 1-3: the span itself (attributes, metadata), its resource, then the nearest ancestor.
+    for depth, p in enumerate((s, *chain)):
+        own = t.own_tenant(p)
+        if own is None:
+            continue
+        if own.invalid:
+            invalid = True
+            continue
+        assert own.value is not None
+        chain_tenants.add(own.value)
+        if tenant is None:
+            tenant, source = own.value, (own.source if depth == 0 else "ancestor")
+    reason: str | None = None
+    # 4: the originating request (a sibling branch of the same request carried it).
+    if tenant is None:
+        candidates = request_tenants.get(entry_id, set())
+        if len(candidates) == 1:
+            tenant, source = next(iter(candidates)), "request"
+        elif len(candidates) > 1:
+            reason = REASON_CONFLICT
+    # 5: span links (a job's trace linked to the request that enqueued it).
+    ctx, has_links = link_context(s, chain)
+    if ctx is not None:
+        request_id = ctx.request_id  # roll the job up to the originating user request
+        if tenant is None and reason is None:
+            tenant, source = ctx.tenant_id, "link"
+    # 6: the export request's own baggage header, only when enabled.
+    if tenant is None and reason is None and cfg.use_export_baggage:
+        raw = _baggage_value(s.export_baggage, cfg.tenant_keys)
+        value = clean_tenant(raw, cfg.max_tenant_id_length) if raw is not None else None
+        if value is not None:
+            tenant, source = value, "export_baggage"
+    if tenant is None and reason is None:
+        if invalid:
+            reason = REASON_INVALID
+        elif has_links:
+            reason = REASON_LINK
+        elif cut:
+            reason = REASON_PARENT_MISSING
+        elif trace_tenants:
+            reason = REASON_NOT_PROPAGATED
+        elif v.operation in INFRA_OPERATIONS:
+            reason = REASON_INFRA
+        else:
+            reason = REASON_NONE
+
+    def chain_value(keys: tuple[str, ...], request_values: dict[str, set[str]] | None = None) -> str | None:
+        for p in (s, *chain):
+            raw = _first(p.attributes, keys)
+            if raw is None:
+                md = _metadata(p.attributes, cfg)
+                raw = _first(md, keys) if md else None
+            if raw is not None and not isinstance(raw, bool | list):
+                return str(raw)[: cfg.max_tenant_id_length]
+        raw = _first(s.resource_attributes, keys)
+        if raw is not None and not isinstance(raw, bool | list):
+            return str(raw)[: cfg.max_tenant_id_length]
+        if request_values is not None:
+            return _only(request_values.get(entry_id))
+        return None
+
+    user = chain_value(cfg.user_keys, request_users)
+    if user is None and ctx is not None:
+        user = ctx.user_id
+    environment = chain_value(cfg.environment_keys)
+    feature = chain_value(cfg.feature_keys)
+    workflow = chain_value(cfg.workflow_keys) or v.workflow_name
+    usage = v.usage_reported
+    wire = any(k in s.attributes for k in ("server.address", "http.response.status_code", "url.path"))
+    dedup_key = f"{v.provider or '?'}:{v.response_id}" if v.response_id else None
+    # Among spans reporting the same call: the one with usage, then the one closest to the wire (the
+    # provider SDK's HTTP span: OpenLLMetry over-counts streamed Anthropic output by one), then the deepest.
+    rank = (0 if usage else 100) + (0 if wire else 10) + (0 if chain else 1)
+    is_aggregate = usage and v.role != "inference"
+    return UsageRecord(
+        trace_id=t.trace_id,
+        span_id=s.span_id,
+        request_id=request_id,
+        tenant_id=tenant,
+        tenant_source=source,
+        unattributed_reason=reason if tenant is None else None,
+        tenant_conflict=len(chain_tenants) > 1 or reason == REASON_CONFLICT,
+        user_id=user,
+        feature=feature,
+        environment=environment,
+        workflow_id=workflow,
+        conversation_id=v.conversation_id,
+        agent_name=v.agent_name,
+        service_name=s.service_name,
+        span_name=s.name,
+        provider=v.provider,
+        operation=v.operation,
+        request_model=v.request_model,
+        response_model=v.response_model,
+        response_id=v.response_id,
+        streamed=v.streamed,
+        usage_status="aggregate" if is_aggregate else ("reported" if usage else "missing"),
+        input_tokens=v.input_tokens,
+        output_tokens=v.output_tokens,
+        cache_read_tokens=v.cache_read_tokens,
+        cache_write_tokens=v.cache_write_tokens,
+        reasoning_tokens=v.reasoning_tokens,
+        start_time_unix_nano=s.start_time_unix_nano,
+        end_time_unix_nano=s.end_time_unix_nano,
+        dedup_key=dedup_key,
+        dedup_rank=rank,
+        batch=v.batch,
+        service_tier=v.service_tier,
+    )

@@ -1,0 +1,338 @@
+"""The settle loop: hold each trace until no span arrived for wait_duration_s, attribute and price it, hand the
+settlement to the ledger; re-settle a trace when a late span arrives; resume from the spool after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from processors._attribution import LinkedContext, TraceResult, TraceSummary, attribute_trace
+from processors._pricing import Pricer
+from processors.config import ProcessorsConfig
+from receiver import StagedSpan
+
+log = logging.getLogger("tenantledger.processors")
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Everything the ledger must commit atomically: the full, current result of each settled trace (it
+    replaces that trace's earlier result) and the spool sequence up to which every span is settled."""
+
+    results: tuple[TraceResult, ...]
+    watermark: int
+
+
+class SpanSource(Protocol):
+    def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]: ...
+    def read_traces(self, trace_ids: Sequence[str]) -> list[StagedSpan]: ...
+
+
+class SettlementSink(Protocol):
+    def write(self, settlement: Settlement) -> None: ...
+    def watermark(self) -> int: ...
+    def known_traces(self, trace_ids: Sequence[str]) -> set[str]: ...
+    def trace_contexts(self, trace_ids: Sequence[str]) -> dict[str, LinkedContext]: ...
+    def dependents(self, trace_ids: Sequence[str]) -> set[str]: ...
+
+
+@dataclass
+class _Pending:
+    spans: dict[str, StagedSpan] = field(default_factory=dict)
+    last_arrival: float = 0.0
+    min_seq: int = 0
+
+
+@dataclass
+class SettlerStats:
+    spans_in: int = 0
+    traces_settled: int = 0
+    resettled: int = 0
+    evicted_early: int = 0
+    write_errors: int = 0
+    last_settle_lag_s: float = 0.0
+    last_write_s: float = 0.0
+
+
+class Settler:
+    """Threading: ``on_spans`` is called from receiver threads (it only enqueues); everything else runs on the
+    settler's own thread, or on the caller's thread via ``run_once``/``flush`` when the thread is not running."""
+
+    def __init__(
+        self,
+        config: ProcessorsConfig,
+        source: SpanSource,
+        sink: SettlementSink,
+        pricer: Pricer,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_pressure: Callable[[str | None], None] | None = None,
+    ) -> None:
+        self._cfg = config
+        self._source = source
+        self._sink = sink
+        self._pricer = pricer
+        self._clock = clock
+        self._on_pressure = on_pressure
+        self._inbox: deque[list[StagedSpan]] = deque()
+        self._inbox_spans = 0
+        self._inbox_lock = threading.Lock()
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._pending_spans = 0
+        self._max_seen_seq = 0
+        self._resettle: set[str] = set()
+        self._cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]] = OrderedDict()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()  # one settle at a time (thread vs flush)
+        self._pressure = False
+        self.stats = SettlerStats()
+
+    # --- input --------------------------------------------------------------------------------------
+
+    def on_spans(self, spans: list[StagedSpan]) -> None:
+        with self._inbox_lock:
+            self._inbox.append(spans)
+            self._inbox_spans += len(spans)
+        self._check_pressure()
+
+    @property
+    def pending_spans(self) -> int:
+        return self._pending_spans + self._inbox_spans
+
+    @property
+    def pending_traces(self) -> int:
+        return len(self._pending)
+
+    def _check_pressure(self) -> None:
+        over = self.pending_spans > self._cfg.max_pending_spans
+        if over != self._pressure:
+            self._pressure = over
+            if self._on_pressure is not None:
+                self._on_pressure(f"{self.pending_spans} spans waiting to settle" if over else None)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Re-read every span after the ledger's watermark from the spool (spans acknowledged but not yet
+        settled when the process stopped). Returns how many spans were re-queued."""
+        with self._lock:
+            seq = self._sink.watermark()
+            total = 0
+            while True:
+                spans = self._source.read_after(seq, 100_000)
+                if not spans:
+                    break
+                self._admit(spans, self._clock())
+                seq = spans[-1].seq
+                total += len(spans)
+                if self._pending_spans > self._cfg.max_pending_spans // 2:
+                    self._settle(list(self._pending.keys()))
+            return total
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and settle everything still pending (shutdown: 'stop, then read the ledger')."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            for _ in range(5):  # dependents re-settled by a flush may themselves have dependents
+                self.run_once(force=True)
+                if not self._pending and not self._resettle and not self._inbox:
+                    break
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._cfg.settle_interval_s)
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:  # never die: the data is in the spool and will be retried next tick
+                log.exception("settle tick failed; retrying")
+                time.sleep(self._cfg.settle_interval_s)
+
+    # --- one tick -----------------------------------------------------------------------------------
+
+    def run_once(self, *, force: bool = False) -> int:
+        with self._lock:
+            now = self._clock()
+            with self._inbox_lock:
+                batches = list(self._inbox)
+                self._inbox.clear()
+                self._inbox_spans = 0
+            for spans in batches:
+                self._admit(spans, now)
+            wait = self._cfg.wait_duration_s
+            due = [tid for tid, p in self._pending.items() if force or now - p.last_arrival >= wait]
+            overflow = len(self._pending) - len(due) - self._cfg.max_traces
+            if overflow > 0:
+                # Bounded memory: settle the oldest early, as groupbytrace evicts; a late span re-settles.
+                due_set = set(due)
+                extra = [tid for tid in self._pending if tid not in due_set][:overflow]
+                self.stats.evicted_early += len(extra)
+                due.extend(extra)
+            due.extend(tid for tid in self._resettle if tid not in self._pending)
+            self._resettle.clear()
+            if not due:
+                self._check_pressure()
+                return 0
+            n = self._settle(due)
+            self._check_pressure()
+            return n
+
+    def _admit(self, spans: Iterable[StagedSpan], now: float) -> None:
+        for s in spans:
+            self.stats.spans_in += 1
+            if s.seq > self._max_seen_seq:
+                self._max_seen_seq = s.seq
+            p = self._pending.get(s.trace_id)
+            if p is None:
+                p = self._pending[s.trace_id] = _Pending(min_seq=s.seq)
+            if s.span_id not in p.spans:
+                p.spans[s.span_id] = s
+                self._pending_spans += 1
+            elif s.seq < p.spans[s.span_id].seq:
+                p.spans[s.span_id] = s
+            p.last_arrival = now
+            p.min_seq = min(p.min_seq, s.seq)
+
+    def _settle(self, trace_ids: list[str]) -> int:
+        t0 = self._clock()
+        trace_ids = list(dict.fromkeys(trace_ids))
+        spans_by_trace: dict[str, dict[str, StagedSpan]] = {}
+        for tid in trace_ids:
+            p = self._pending.get(tid)
+            spans_by_trace[tid] = dict(p.spans) if p else {}
+        # A trace settled before (late span, restart, or a dependent): merge with what was settled.
+        missing = [tid for tid in trace_ids if tid not in self._cache]
+        known = self._sink.known_traces(missing) if missing else set()
+        for tid in trace_ids:
+            if tid in self._cache:
+                self.stats.resettled += 1
+                for sid, s in self._cache[tid][0].items():
+                    cur = spans_by_trace[tid].get(sid)
+                    if cur is None or s.seq < cur.seq:
+                        spans_by_trace[tid][sid] = s
+        if known:
+            self.stats.resettled += len(known)
+            for s in self._source.read_traces(sorted(known)):
+                cur = spans_by_trace[s.trace_id].get(s.span_id)
+                if cur is None or s.seq < cur.seq:
+                    spans_by_trace[s.trace_id][s.span_id] = s
+        trace_ids = [tid for tid in trace_ids if spans_by_trace[tid]]
+
+        # Link targets: settle targets first within the batch; otherwise ask the cache, then the ledger.
+        in_batch = set(trace_ids)
+        targets = {ln.trace_id for tid in trace_ids for s in spans_by_trace[tid].values() for ln in s.links}
+        outside = sorted(t for t in targets if t not in in_batch and t not in self._cache)
+        stored = self._sink.trace_contexts(outside) if outside else {}
+        summaries: dict[str, TraceSummary] = {}
+        resolver = _Resolver(summaries, self._cache, stored)
+        order = _link_order(trace_ids, spans_by_trace)
+        results: list[TraceResult] = []
+        for tid in order:
+            r = attribute_trace(spans_by_trace[tid].values(), self._cfg.identity, resolver)
+            priced = tuple(self._pricer.price(rec) for rec in r.records)
+            r = TraceResult(r.summary, priced)
+            summaries[tid] = r.summary
+            results.append(r)
+
+        for tid in trace_ids:
+            p = self._pending.pop(tid, None)
+            if p is not None:
+                self._pending_spans -= len(p.spans)
+        watermark = min((p.min_seq for p in self._pending.values()), default=self._max_seen_seq + 1) - 1
+        settlement = Settlement(tuple(results), watermark)
+        t1 = self._clock()
+        try:
+            self._sink.write(settlement)
+        except Exception:
+            self.stats.write_errors += 1
+            # Put the traces back: nothing is lost (the spool has them) and the next tick retries.
+            for tid in trace_ids:
+                p = self._pending.setdefault(tid, _Pending(min_seq=min(s.seq for s in spans_by_trace[tid].values())))
+                for sid, s in spans_by_trace[tid].items():
+                    if sid not in p.spans:
+                        p.spans[sid] = s
+                        self._pending_spans += 1
+            raise
+        self.stats.last_write_s = self._clock() - t1
+        self.stats.last_settle_lag_s = self._clock() - t0
+        self.stats.traces_settled += len(results)
+        for r in results:
+            self._remember(r.summary.trace_id, spans_by_trace[r.summary.trace_id], r.summary)
+        # Traces whose links pointed at these and could not be resolved before: settle them again.
+        try:
+            self._resettle |= self._sink.dependents(trace_ids) - in_batch
+        except Exception:
+            log.exception("could not look up dependent traces")
+        return len(results)
+
+    def _remember(self, tid: str, spans: dict[str, StagedSpan], summary: TraceSummary) -> None:
+        if self._cfg.settled_cache_traces == 0:
+            return
+        self._cache[tid] = (spans, summary)
+        self._cache.move_to_end(tid)
+        while len(self._cache) > self._cfg.settled_cache_traces:
+            self._cache.popitem(last=False)
+
+
+class _Resolver:
+    def __init__(
+        self,
+        batch: dict[str, TraceSummary],
+        cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]],
+        stored: dict[str, LinkedContext],
+    ) -> None:
+        self._batch, self._cache, self._stored = batch, cache, stored
+
+    def resolve(self, trace_id: str) -> LinkedContext | None:
+        s = self._batch.get(trace_id)
+        if s is None and trace_id in self._cache:
+            s = self._cache[trace_id][1]
+        if s is not None:
+            return LinkedContext(s.trace_id, s.request_id, s.tenant_id, s.user_id)
+        return self._stored.get(trace_id)
+
+
+def _link_order(trace_ids: list[str], spans: dict[str, dict[str, StagedSpan]]) -> list[str]:
+    """Targets of links before the traces linking to them (depth-first; cycles broken by trace id order)."""
+    ids = set(trace_ids)
+    deps = {
+        tid: sorted({ln.trace_id for s in spans[tid].values() for ln in s.links if ln.trace_id in ids and ln.trace_id != tid})
+        for tid in trace_ids
+    }
+    out: list[str] = []
+    state: dict[str, int] = {}
+    for root in sorted(trace_ids):
+        stack = [(root, 0)]
+        while stack:
+            tid, i = stack.pop()
+            if i == 0:
+                if state.get(tid):
+                    continue
+                state[tid] = 1
+            if i < len(deps[tid]):
+                stack.append((tid, i + 1))
+                nxt = deps[tid][i]
+                if not state.get(nxt):
+                    stack.append((nxt, 0))
+            else:
+                state[tid] = 2
+                out.append(tid)
+    return out

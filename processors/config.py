@@ -1,0 +1,55 @@
+"""Configuration of the processors stage (the `processors:` section): settle window, bounds, identity keys."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(_Strict):
+    """Where the chargeback identifiers are read from, in the documented order (README "Attribution")."""
+
+    tenant_keys: tuple[str, ...] = (
+        "tenant.id",
+        "tenant_id",
+        "tenantId",
+        "app.tenant.id",
+        "app.tenant_id",
+        "saas.tenant.id",
+    )
+    user_keys: tuple[str, ...] = ("user.id", "enduser.id", "user_id", "langfuse.user.id")
+    environment_keys: tuple[str, ...] = ("deployment.environment.name", "deployment.environment", "environment")
+    feature_keys: tuple[str, ...] = ("feature", "feature.name", "app.feature")
+    workflow_keys: tuple[str, ...] = ("workflow.id", "gen_ai.workflow.name", "traceloop.workflow.name")
+    metadata_keys: tuple[str, ...] = ("metadata", "gen_ai.request.metadata", "llm.metadata", "openai.batch.metadata")
+    """Attributes holding a JSON object (OpenInference ``metadata``, OpenAI Batch-style request metadata) that
+    may carry the tenant/user under one of the keys above or plain ``tenant``/``user``."""
+    max_tenant_id_length: int = Field(default=128, gt=0)
+    use_export_baggage: bool = False
+    """Last resort: the ``baggage`` header of the OTLP export request (needs receiver.accept_export_baggage)."""
+
+    def all_keys(self) -> frozenset[str]:
+        return frozenset(
+            self.tenant_keys
+            + self.user_keys
+            + self.environment_keys
+            + self.feature_keys
+            + self.workflow_keys
+            + self.metadata_keys
+        )
+
+
+class ProcessorsConfig(_Strict):
+    wait_duration_s: float = Field(default=2.0, ge=0)
+    """A trace is settled when no new span arrived for this long (as groupbytrace's wait_duration)."""
+    max_traces: int = Field(default=100_000, gt=0)
+    """Unsettled traces held in memory; beyond it the oldest are settled early (late spans correct them)."""
+    max_pending_spans: int = Field(default=2_000_000, gt=0)
+    """Spans waiting to settle; beyond it the receiver answers retryable backpressure."""
+    settle_interval_s: float = Field(default=0.2, gt=0)
+    settled_cache_traces: int = Field(default=20_000, ge=0)
+    """Recently settled traces kept in memory so a late span re-settles without reading the spool."""
+    identity: IdentityConfig = IdentityConfig()

@@ -1,0 +1,54 @@
+"""Stage 1 — the OTLP receiver: gRPC and HTTP Export, committed to a durable spool before acknowledging.
+
+Hands on: ``StagedSpan`` (read back from the ``Spool`` or published to its listeners after commit).
+"""
+
+from receiver._core import ExportHandler, ExportOutcome, ReceiverStats
+from receiver._errors import (
+    InvalidRequest,
+    Overloaded,
+    ReceiverError,
+    RequestTooLarge,
+    StorageUnavailable,
+    Unauthenticated,
+    UnsupportedMediaType,
+    to_wire,
+)
+from receiver._grpc import GrpcServer
+from receiver._http import HttpRequest, HttpResponse, HttpServer, Route
+from receiver._model import SpanEvent, SpanLink, StagedSpan
+from receiver._otlp import AttributeFilter, SpanValidator, decode_json, decode_protobuf, extract
+from receiver._spool import Spool
+from receiver.config import AuthConfig, ReceiverConfig, TLSConfig, parse_endpoint
+
+__all__ = [
+    "AttributeFilter",
+    "AuthConfig",
+    "ExportHandler",
+    "ExportOutcome",
+    "GrpcServer",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+    "InvalidRequest",
+    "Overloaded",
+    "ReceiverConfig",
+    "ReceiverError",
+    "ReceiverStats",
+    "RequestTooLarge",
+    "Route",
+    "SpanEvent",
+    "SpanLink",
+    "SpanValidator",
+    "Spool",
+    "StagedSpan",
+    "StorageUnavailable",
+    "TLSConfig",
+    "Unauthenticated",
+    "UnsupportedMediaType",
+    "decode_json",
+    "decode_protobuf",
+    "extract",
+    "parse_endpoint",
+    "to_wire",
+]

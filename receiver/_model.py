@@ -1,0 +1,61 @@
+"""The receiver's output type: a staged span, the part of an OTLP span that billing and attribution need.
+
+Everything downstream (the processors) sees spans only in this shape, read back from the durable spool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# OTLP SpanKind values (opentelemetry/proto/trace/v1/trace.proto, Span.SpanKind).
+SPAN_KIND_UNSPECIFIED = 0
+SPAN_KIND_INTERNAL = 1
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
+SPAN_KIND_PRODUCER = 4
+SPAN_KIND_CONSUMER = 5
+
+AttrValue = str | int | float | bool | list[Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpanLink:
+    trace_id: str
+    span_id: str
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanEvent:
+    name: str
+    time_unix_nano: int
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedSpan:
+    """One received span as kept in the spool.
+
+    Ids are lowercase hex (trace 32 chars, span 16 chars). ``attributes`` and ``resource_attributes``
+    hold only the keys the receiver keeps (no prompt/completion content). ``seq`` is the spool's
+    monotonically increasing ingest sequence; the first copy of a (trace_id, span_id) wins downstream.
+    """
+
+    seq: int
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: int
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    service_name: str | None
+    scope_name: str | None
+    scope_version: str | None
+    attributes: dict[str, AttrValue]
+    resource_attributes: dict[str, AttrValue]
+    events: tuple[SpanEvent, ...] = ()
+    links: tuple[SpanLink, ...] = ()
+    export_baggage: str | None = None
+    status_code: int = 0

@@ -1,0 +1,356 @@
+"""OTLP decode and extraction: ExportTraceServiceRequest (protobuf or OTLP/JSON) -> staged span columns.
+
+Keeps what billing and attribution need (ids, parent, kind, name, times, links, GenAI and identity
+attributes, resource identity) and drops payload such as prompts and completions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from receiver._errors import InvalidRequest, RequestTooLarge
+from receiver._model import AttrValue
+
+# Attribute families that mark a span as GenAI (semconv gen_ai.*, OpenLLMetry llm.*/traceloop.*,
+# OpenInference llm.*/openinference.*/embedding.*, Vercel AI SDK ai.*).
+GENAI_PREFIXES = ("gen_ai.", "llm.", "openinference.", "traceloop.", "embedding.", "ai.", "langfuse.")
+# Prompt/completion content is never needed to bill and can be megabytes: dropped at the door.
+CONTENT_KEYS = frozenset(
+    {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "input.value",
+        "output.value",
+        "ai.prompt",
+        "ai.prompt.messages",
+        "ai.response.text",
+        "ai.response.toolCalls",
+    }
+)
+CONTENT_PREFIXES = (
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+    "llm.input_messages.",
+    "llm.output_messages.",
+    "llm.prompts.",
+    "llm.prompt_template.",
+    "llm.tools.",
+    "embedding.embeddings.",
+    "retrieval.documents.",
+    "reranker.",
+    "message.",
+)
+# HTTP client markers: the span closest to the wire wins when one call is reported twice.
+WIRE_KEYS = frozenset({"server.address", "http.response.status_code", "http.request.method", "url.path"})
+RESOURCE_KEEP = frozenset(
+    {"service.name", "service.namespace", "service.version", "deployment.environment", "deployment.environment.name"}
+)
+MAX_EVENTS_KEPT = 4
+_MAX_NS = 2**63 - 1
+
+SpanValidator = Callable[[Mapping[str, AttrValue]], list[str]]
+
+
+@dataclass(frozen=True)
+class AttributeFilter:
+    """Which attributes the receiver keeps. ``identity_keys`` are the tenant/user/feature/... keys the
+    processors are configured to read; they are kept on every span, GenAI or not."""
+
+    identity_keys: frozenset[str] = frozenset()
+    max_value_length: int = 65_536
+
+    def is_genai_key(self, key: str) -> bool:
+        return key.startswith(GENAI_PREFIXES)
+
+    def is_content(self, key: str) -> bool:
+        return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
+
+
+@dataclass
+class Extracted:
+    """Columns of the staged spans of one request (seq and export_baggage are added by the spool)."""
+
+    trace_id: list[str] = field(default_factory=list)
+    span_id: list[str] = field(default_factory=list)
+    parent_span_id: list[str | None] = field(default_factory=list)
+    name: list[str] = field(default_factory=list)
+    kind: list[int] = field(default_factory=list)
+    start_ns: list[int] = field(default_factory=list)
+    end_ns: list[int] = field(default_factory=list)
+    service_name: list[str | None] = field(default_factory=list)
+    scope_name: list[str | None] = field(default_factory=list)
+    scope_version: list[str | None] = field(default_factory=list)
+    attributes: list[str] = field(default_factory=list)
+    resource_attributes: list[str] = field(default_factory=list)
+    events: list[str | None] = field(default_factory=list)
+    links: list[str | None] = field(default_factory=list)
+    status_code: list[int] = field(default_factory=list)
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.span_id)
+
+    def reject(self, message: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < 20:
+            self.errors.append(message)
+
+    def error_message(self) -> str:
+        if not self.rejected:
+            return ""
+        more = self.rejected - len(self.errors)
+        tail = f" (and {more} more)" if more > 0 else ""
+        return f"{self.rejected} span(s) rejected: " + "; ".join(self.errors) + tail
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    try:
+        req.ParseFromString(body)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise InvalidRequest(f"request body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from e
+    return req
+
+
+_ID_FIELDS = (("traceId", 16), ("spanId", 8), ("parentSpanId", 8))
+
+
+def _hex_to_b64(value: Any) -> Any:
+    """OTLP/JSON encodes ids as hex (not base64 as proto3 JSON would); invalid hex becomes a 1-byte id,
+    which span validation then rejects alone with a message naming the field."""
+    if not isinstance(value, str) or value == "":
+        return value
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b"\xff"
+    return base64.b64encode(raw).decode()
+
+
+def decode_json(body: bytes) -> ExportTraceServiceRequest:
+    """Parse OTLP/JSON (opentelemetry-proto docs/specification.md "JSON Protobuf Encoding")."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidRequest("OTLP/JSON body must be an object with a 'resourceSpans' array")
+    for rs in _as_list(doc.get("resourceSpans") or doc.get("resource_spans")):
+        for ss in _as_list(rs.get("scopeSpans") or rs.get("scope_spans")) if isinstance(rs, dict) else ():
+            for span in _as_list(ss.get("spans")) if isinstance(ss, dict) else ():
+                if not isinstance(span, dict):
+                    continue
+                for key, _n in _ID_FIELDS:
+                    for k in (key, _snake(key)):
+                        if k in span:
+                            span[k] = _hex_to_b64(span[k])
+                for link in _as_list(span.get("links")):
+                    if isinstance(link, dict):
+                        for k in ("traceId", "spanId", "trace_id", "span_id"):
+                            if k in link:
+                                link[k] = _hex_to_b64(link[k])
+    req = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(doc, req, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as e:
+        raise InvalidRequest(f"request body is not a valid OTLP/JSON ExportTraceServiceRequest: {e}") from e
+    return req
+
+
+def _as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _snake(camel: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in camel)
+
+
+# --- extraction -----------------------------------------------------------------------------------
+
+
+def any_value(v: Any) -> AttrValue:
+    """Convert an OTLP AnyValue to a JSON-able Python value."""
+    which = v.WhichOneof("value")
+    if which == "string_value":
+        return str(v.string_value)
+    if which == "int_value":
+        return int(v.int_value)
+    if which == "double_value":
+        d = float(v.double_value)
+        # NaN/inf are not JSON; keep them as strings so validation can name them.
+        return d if math.isfinite(d) else str(d)
+    if which == "bool_value":
+        return bool(v.bool_value)
+    if which == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return json.dumps({kv.key: any_value(kv.value) for kv in v.kvlist_value.values}, default=str)
+    if which == "bytes_value":
+        return bytes(v.bytes_value).hex()
+    return None
+
+
+def _kept_attributes(
+    attrs: Iterable[Any], filt: AttributeFilter, genai: bool, problems: list[str]
+) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {}
+    for kv in attrs:
+        key = kv.key
+        if key in filt.identity_keys:
+            essential = True
+        elif genai and filt.is_genai_key(key) and not filt.is_content(key):
+            essential = True
+        elif genai and key in WIRE_KEYS:
+            essential = False
+        else:
+            continue
+        value = any_value(kv.value)
+        if isinstance(value, str) and len(value) > filt.max_value_length:
+            if essential and not key.endswith(("invocation_parameters", "metadata")):
+                problems.append(
+                    f"attribute {key!r} is {len(value)} characters, over max_attribute_value_length "
+                    f"({filt.max_value_length}): send a shorter value or raise the limit"
+                )
+            continue  # a long non-essential value is dropped, not the span
+        out[key] = value
+    return out
+
+
+def _is_genai(attrs: Iterable[Any]) -> bool:
+    return any(kv.key.startswith(GENAI_PREFIXES) for kv in attrs)
+
+
+def extract(
+    req: ExportTraceServiceRequest,
+    filt: AttributeFilter,
+    validate: SpanValidator | None = None,
+    max_spans: int | None = None,
+) -> Extracted:
+    """Pull staged-span columns out of a request. Bad spans are rejected alone (OTLP partial success)."""
+    out = Extracted()
+    total = 0
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            total += len(ss.spans)
+    if max_spans is not None and total > max_spans:
+        raise RequestTooLarge(
+            f"request carries {total} spans, over max_spans_per_request ({max_spans}): export smaller batches "
+            "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise the limit"
+        )
+    dumps = json.dumps
+    for rs in req.resource_spans:
+        res_attrs: dict[str, AttrValue] = {}
+        for kv in rs.resource.attributes:
+            if kv.key in RESOURCE_KEEP or kv.key in filt.identity_keys or kv.key.startswith(GENAI_PREFIXES):
+                res_attrs[kv.key] = any_value(kv.value)
+        service = res_attrs.get("service.name")
+        service_name = service if isinstance(service, str) else None
+        res_json = dumps(res_attrs, separators=(",", ":"), default=str)
+        for ss in rs.scope_spans:
+            scope_name = ss.scope.name or None
+            scope_version = ss.scope.version or None
+            for span in ss.spans:
+                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json)
+    return out
+
+
+def _id_problem(field_name: str, raw: bytes, size: int, *, optional: bool = False) -> str | None:
+    if optional and not raw:
+        return None
+    if len(raw) != size:
+        return f"{field_name} must be {size} bytes ({size * 2} hex characters), got {len(raw)} bytes"
+    if raw == b"\x00" * size:
+        return f"{field_name} must not be all zeros"
+    return None
+
+
+def _extract_span(
+    span: Any,
+    out: Extracted,
+    filt: AttributeFilter,
+    validate: SpanValidator | None,
+    service_name: str | None,
+    scope_name: str | None,
+    scope_version: str | None,
+    res_json: str,
+) -> None:
+    tid = bytes(span.trace_id)
+    sid = bytes(span.span_id)
+    pid = bytes(span.parent_span_id)
+    problems: list[str] = []
+    for p in (
+        _id_problem("traceId", tid, 16),
+        _id_problem("spanId", sid, 8),
+        _id_problem("parentSpanId", pid, 8, optional=True),
+    ):
+        if p:
+            problems.append(p)
+    if span.start_time_unix_nano > _MAX_NS or span.end_time_unix_nano > _MAX_NS:
+        problems.append("start/end time is after the year 2262 (not representable): check the exporter's clock")
+    genai = _is_genai(span.attributes)
+    attrs = _kept_attributes(span.attributes, filt, genai, problems)
+    if validate is not None and genai:
+        problems.extend(validate(attrs))
+    name_for_msg = span.name[:80]
+    if problems:
+        out.reject(f"span {sid.hex() or '?'} ({name_for_msg!r}): " + "; ".join(problems))
+        return
+    events_json: str | None = None
+    if genai and span.events:
+        kept_events: list[dict[str, Any]] = []
+        for ev in span.events:
+            ev_attrs = {
+                kv.key: any_value(kv.value)
+                for kv in ev.attributes
+                if kv.key.startswith(GENAI_PREFIXES) and not filt.is_content(kv.key)
+            }
+            lname = ev.name.lower()
+            if ev_attrs or "stream" in lname or "token" in lname:
+                kept_events.append({"name": ev.name, "time_unix_nano": int(ev.time_unix_nano), "attributes": ev_attrs})
+        if kept_events:
+            events_json = json.dumps(kept_events[-MAX_EVENTS_KEPT:], separators=(",", ":"), default=str)
+    links_json: str | None = None
+    if span.links:
+        kept_links = []
+        for ln in span.links:
+            ltid, lsid = bytes(ln.trace_id), bytes(ln.span_id)
+            if len(ltid) != 16 or len(lsid) != 8:
+                continue  # an unusable link is ignored, the span is still billable
+            link_attrs = {kv.key: any_value(kv.value) for kv in ln.attributes if kv.key in filt.identity_keys}
+            kept_links.append({"trace_id": ltid.hex(), "span_id": lsid.hex(), "attributes": link_attrs})
+        if kept_links:
+            links_json = json.dumps(kept_links, separators=(",", ":"), default=str)
+    out.trace_id.append(tid.hex())
+    out.span_id.append(sid.hex())
+    out.parent_span_id.append(pid.hex() if pid else None)
+    out.name.append(span.name)
+    out.kind.append(int(span.kind))
+    out.start_ns.append(int(span.start_time_unix_nano))
+    out.end_ns.append(int(span.end_time_unix_nano))
+    out.service_name.append(service_name)
+    out.scope_name.append(scope_name)
+    out.scope_version.append(scope_version)
+    out.attributes.append(json.dumps(attrs, separators=(",", ":"), default=str))
+    out.resource_attributes.append(res_json)
+    out.events.append(events_json)
+    out.links.append(links_json)
+    out.status_code.append(int(span.status.code))

@@ -1,0 +1,203 @@
+"""The durable spool: staged spans committed to the `staging_spans` table of the ledger file before Export
+is acknowledged, then published in commit order to the processors; read back after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from receiver._errors import StorageUnavailable
+from receiver._model import SpanEvent, SpanLink, StagedSpan
+from receiver._otlp import Extracted
+
+STAGING_DDL = """
+CREATE TABLE IF NOT EXISTS staging_spans (
+    seq BIGINT NOT NULL,
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    parent_span_id VARCHAR,
+    name VARCHAR NOT NULL,
+    kind TINYINT NOT NULL,
+    start_ns BIGINT NOT NULL,
+    end_ns BIGINT NOT NULL,
+    service_name VARCHAR,
+    scope_name VARCHAR,
+    scope_version VARCHAR,
+    attributes VARCHAR NOT NULL,
+    resource_attributes VARCHAR NOT NULL,
+    events VARCHAR,
+    links VARCHAR,
+    export_baggage VARCHAR,
+    status_code TINYINT NOT NULL
+)
+"""
+
+_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("parent_span_id", pa.string()),
+        ("name", pa.string()),
+        ("kind", pa.int8()),
+        ("start_ns", pa.int64()),
+        ("end_ns", pa.int64()),
+        ("service_name", pa.string()),
+        ("scope_name", pa.string()),
+        ("scope_version", pa.string()),
+        ("attributes", pa.string()),
+        ("resource_attributes", pa.string()),
+        ("events", pa.string()),
+        ("links", pa.string()),
+        ("export_baggage", pa.string()),
+        ("status_code", pa.int8()),
+    ]
+)
+_COLUMNS = ", ".join(_SCHEMA.names)
+
+SpanListener = Callable[[list[StagedSpan]], None]
+
+
+class Spool:
+    """Append-only durable staging.
+
+    Threading: ``append`` may be called from any number of receiver threads; appends are serialised so that
+    sequence numbers are committed and published in order (a reader that has seen seq N has seen all < N).
+    Listeners run on the appending thread, after the commit, and must not block.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con.cursor()
+        self._reader = con.cursor()
+        self._read_lock = threading.Lock()
+        self._con.execute(STAGING_DDL)
+        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM staging_spans").fetchone()
+        self._next_seq = int(row[0]) + 1 if row else 1
+        self._lock = threading.Lock()
+        self._listeners: list[SpanListener] = []
+
+    def subscribe(self, listener: SpanListener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def append(self, ex: Extracted, export_baggage: str | None = None) -> int:
+        """Commit the spans, then publish them. Returns the number of spans committed.
+
+        Raises StorageUnavailable (retryable) when the commit fails: nothing was stored, nothing is acked.
+        """
+        n = len(ex)
+        if n == 0:
+            return 0
+        with self._lock:
+            first = self._next_seq
+            table = pa.table(
+                [
+                    pa.array(range(first, first + n), pa.int64()),
+                    pa.array(ex.trace_id, pa.string()),
+                    pa.array(ex.span_id, pa.string()),
+                    pa.array(ex.parent_span_id, pa.string()),
+                    pa.array(ex.name, pa.string()),
+                    pa.array(ex.kind, pa.int8()),
+                    pa.array(ex.start_ns, pa.int64()),
+                    pa.array(ex.end_ns, pa.int64()),
+                    pa.array(ex.service_name, pa.string()),
+                    pa.array(ex.scope_name, pa.string()),
+                    pa.array(ex.scope_version, pa.string()),
+                    pa.array(ex.attributes, pa.string()),
+                    pa.array(ex.resource_attributes, pa.string()),
+                    pa.array(ex.events, pa.string()),
+                    pa.array(ex.links, pa.string()),
+                    pa.array([export_baggage] * n, pa.string()),
+                    pa.array(ex.status_code, pa.int8()),
+                ],
+                schema=_SCHEMA,
+            )
+            try:
+                self._con.register("_incoming", table)
+                try:
+                    # One statement = one auto-committed transaction; DuckDB syncs its WAL on commit,
+                    # so a kill -9 after this line loses nothing.
+                    self._con.execute(f"INSERT INTO staging_spans ({_COLUMNS}) SELECT {_COLUMNS} FROM _incoming")
+                finally:
+                    self._con.unregister("_incoming")
+            except duckdb.Error as e:
+                raise StorageUnavailable(f"could not commit spans to the ledger file: {e}") from e
+            self._next_seq = first + n
+            if self._listeners:
+                spans = rows_to_spans(table.to_pylist())
+                for listener in self._listeners:
+                    listener(spans)
+        return n
+
+    # --- read back (recovery, late spans) ---------------------------------------------------------
+
+    def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]:
+        with self._read_lock:
+            rel = self._reader.execute(
+                f"SELECT {_COLUMNS} FROM staging_spans WHERE seq > ? ORDER BY seq LIMIT ?", [seq, limit]
+            )
+            rows = _dicts(rel)
+        return rows_to_spans(rows)
+
+    def read_traces(self, trace_ids: Sequence[str]) -> list[StagedSpan]:
+        if not trace_ids:
+            return []
+        with self._read_lock:
+            cur = self._reader
+            cur.register("_want", pa.table({"trace_id": pa.array(list(trace_ids), pa.string())}))
+            try:
+                rel = cur.execute(
+                    f"SELECT {_COLUMNS} FROM staging_spans WHERE trace_id IN (SELECT trace_id FROM _want) ORDER BY seq"
+                )
+                rows = _dicts(rel)
+            finally:
+                cur.unregister("_want")
+        return rows_to_spans(rows)
+
+
+def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def rows_to_spans(rows: Iterable[dict[str, Any]]) -> list[StagedSpan]:
+    out: list[StagedSpan] = []
+    loads = json.loads
+    for r in rows:
+        events: tuple[SpanEvent, ...] = ()
+        if r["events"]:
+            events = tuple(SpanEvent(e["name"], int(e["time_unix_nano"]), e["attributes"]) for e in loads(r["events"]))
+        links: tuple[SpanLink, ...] = ()
+        if r["links"]:
+            links = tuple(SpanLink(x["trace_id"], x["span_id"], x["attributes"]) for x in loads(r["links"]))
+        out.append(
+            StagedSpan(
+                seq=r["seq"],
+                trace_id=r["trace_id"],
+                span_id=r["span_id"],
+                parent_span_id=r["parent_span_id"],
+                name=r["name"],
+                kind=r["kind"],
+                start_time_unix_nano=r["start_ns"],
+                end_time_unix_nano=r["end_ns"],
+                service_name=r["service_name"],
+                scope_name=r["scope_name"],
+                scope_version=r["scope_version"],
+                attributes=loads(r["attributes"]),
+                resource_attributes=loads(r["resource_attributes"]),
+                events=events,
+                links=links,
+                export_baggage=r["export_baggage"],
+                status_code=r["status_code"],
+            )
+        )
+    return out

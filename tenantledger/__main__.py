@@ -1,0 +1,7 @@
+"""Allows `python -m tenantledger`."""
+
+import sys
+
+from tenantledger.cli import main
+
+sys.exit(main())

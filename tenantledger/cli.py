@@ -1,0 +1,221 @@
+"""The `tenantledger` command: parses flags, calls the library, and turns domain errors into one helpful line.
+
+Exit codes: 0 ok; 1 a runtime error (the message says what to fix); 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import signal
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ledger import LedgerError, QueryResult, jsonable, open_read_only, run_query
+from tenantledger.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "ledger", None):
+        overrides.setdefault("ledger", {})["path"] = args.ledger
+    if getattr(args, "grpc_endpoint", None):
+        overrides.setdefault("receiver", {})["grpc_endpoint"] = args.grpc_endpoint
+    if getattr(args, "http_endpoint", None):
+        overrides.setdefault("receiver", {})["http_endpoint"] = args.http_endpoint
+    return load_config(Path(args.config) if getattr(args, "config", None) else None, overrides)
+
+
+# --- serve ---------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tenantledger.app import Service
+
+    config = _config(args)
+    logging.basicConfig(
+        level=config.service.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    service = Service(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ep = service.start()
+    except OSError as e:
+        service.stop()
+        raise CliError(f"cannot listen: {e}; pick free ports with --grpc-endpoint/--http-endpoint (port 0 = any)")
+    print(
+        f"tenantledger serving: grpc={ep.grpc} http={ep.http} ledger={config.ledger.path} "
+        f"(recovered {service.recovered} unsettled spans)",
+        flush=True,
+    )
+    stop.wait()
+    print("tenantledger: stopping (draining, settling, flushing the ledger)", flush=True)
+    service.stop()
+    print("tenantledger: stopped", flush=True)
+    return EXIT_OK
+
+
+# --- sql -----------------------------------------------------------------------------------------------
+
+
+def _server_for(ledger_path: Path) -> str | None:
+    from tenantledger.app import discovery_path
+
+    p = discovery_path(ledger_path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    url = doc.get("http")
+    return url if isinstance(url, str) else None
+
+
+def _query(ledger_path: Path, sql: str, token: str | None = None) -> QueryResult:
+    url = _server_for(ledger_path)
+    if url is not None:
+        req = urllib.request.Request(
+            f"{url}/v1/sql", data=json.dumps({"sql": sql}).encode(), headers={"Content-Type": "application/json"}
+        )
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                doc = json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            try:
+                doc = json.loads(e.read())
+            except ValueError:
+                raise CliError(f"the server at {url} answered HTTP {e.code}") from e
+            hint = f" ({doc['hint']})" if doc.get("hint") else ""
+            raise CliError(f"{doc.get('error')}{hint}") from e
+        except urllib.error.URLError:
+            url = None  # stale discovery file: the server is gone, read the file directly
+        else:
+            return QueryResult(doc["columns"], doc["types"], [tuple(r) for r in doc["rows"]], doc["truncated"])
+    con = open_read_only(ledger_path)
+    try:
+        result = run_query(con, sql)
+        return QueryResult(result.columns, result.types,
+                           [tuple(jsonable(v) for v in row) for row in result.rows], result.truncated)
+    finally:
+        con.close()
+
+
+def print_result(result: QueryResult, fmt: str, out: Any = None) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        out.write(json.dumps([dict(zip(result.columns, r, strict=True)) for r in result.rows], indent=1) + "\n")
+        return
+    if fmt == "csv":
+        w = csv.writer(out)
+        w.writerow(result.columns)
+        w.writerows(["" if v is None else v for v in r] for r in result.rows)
+        return
+    cells = [[("NULL" if v is None else str(v)) for v in r] for r in result.rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(result.columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=True))
+    out.write(line + "\n" + "  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + "\n")
+    out.write(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
+              f"{', truncated' if result.truncated else ''})\n")
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    config = _config(args)
+    result = _query(config.ledger.path, args.query, args.token)
+    print_result(result, args.format)
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------------
+
+EPILOG_SERVE = """examples:
+  tenantledger serve
+  tenantledger serve --ledger /var/lib/tenantledger/ledger.duckdb --grpc-endpoint 0.0.0.0:4317
+  tenantledger serve --config tenantledger.yaml --http-endpoint 127.0.0.1:0
+"""
+EPILOG_SQL = """examples:
+  tenantledger sql "SELECT tenant_id, sum(effective_cost) FROM llm_calls GROUP BY 1 ORDER BY 2 DESC"
+  tenantledger sql "SELECT * FROM spend_daily" --format csv > spend.csv
+Works while `serve` runs (the query goes through the server) and when it is stopped (the file is read directly).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tenantledger",
+        description="Per-tenant LLM cost ledger fed by OpenTelemetry GenAI spans.",
+        epilog="exit codes: 0 ok, 1 runtime error, 2 usage or configuration error",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", metavar="FILE", help="YAML config file (flags override it)")
+        sp.add_argument("--ledger", metavar="PATH", help="ledger file (default ./tenantledger.duckdb)")
+
+    s = sub.add_parser("serve", help="run the OTLP receiver on the embedded ledger", epilog=EPILOG_SERVE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(s)
+    s.add_argument("--grpc-endpoint", metavar="HOST:PORT", help="OTLP/gRPC listen address (default 127.0.0.1:4317)")
+    s.add_argument("--http-endpoint", metavar="HOST:PORT", help="OTLP/HTTP listen address (default 127.0.0.1:4318)")
+    s.set_defaults(func=cmd_serve)
+
+    q = sub.add_parser("sql", help="run a read-only SQL query on the ledger", epilog=EPILOG_SQL,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(q)
+    q.add_argument("query", metavar="SQL", help="a SELECT statement")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
+    q.add_argument("--token", metavar="TOKEN", help="bearer token of the query API, when the server requires one")
+    q.set_defaults(func=cmd_sql)
+
+    from tenantledger import _export_cli
+
+    _export_cli.register(sub, common)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as e:
+        print(f"tenantledger: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except LedgerError as e:
+        hint = f" — {e.hint}" if e.hint else ""
+        print(f"tenantledger: {e.message}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+    except CliError as e:
+        print(f"tenantledger: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

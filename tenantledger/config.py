@@ -1,0 +1,80 @@
+"""The one typed configuration (YAML): every stage's section, unknown keys rejected, checked before any port opens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from processors import ProcessorsConfig
+from processors._pricing import PricingConfig
+from receiver import ReceiverConfig
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerConfig(_Strict):
+    path: Path = Path("tenantledger.duckdb")
+    """The embedded DuckDB ledger file (staging spool and ledger tables)."""
+    billing_account_id: str = "tenantledger"
+    """FOCUS BillingAccountId of the exported rows (your platform's account)."""
+    billing_account_name: str = "LLM platform"
+
+
+class ServiceConfig(_Strict):
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM/SIGINT: how long in-flight requests may take before the listeners close."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    receiver: ReceiverConfig = ReceiverConfig()
+    processors: ProcessorsConfig = ProcessorsConfig()
+    pricing: PricingConfig = PricingConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    service: ServiceConfig = ServiceConfig()
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load YAML (if given), apply overrides (CLI flags), validate. Raises ConfigError naming the key."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must be a YAML mapping of sections (receiver, processors, ...)")
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(problems)) from e
