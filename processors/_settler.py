@@ -314,7 +314,9 @@ def _link_order(trace_ids: list[str], spans: dict[str, dict[str, StagedSpan]]) -
     """Targets of links before the traces linking to them (depth-first; cycles broken by trace id order)."""
     ids = set(trace_ids)
     deps = {
-        tid: sorted({ln.trace_id for s in spans[tid].values() for ln in s.links if ln.trace_id in ids and ln.trace_id != tid})
+        tid: sorted(
+            {ln.trace_id for s in spans[tid].values() for ln in s.links if ln.trace_id in ids and ln.trace_id != tid}
+        )
         for tid in trace_ids
     }
     out: list[str] = []

@@ -71,12 +71,14 @@ class ExportHandler:
             pressure = self._backpressure[0] if self._backpressure else None
         if pressure is not None:
             self._count("refused_overload")
-            raise Overloaded(f"tenantledger is catching up ({pressure}); retry later",
-                             retry_after_s=self._config.retry_after_s)
+            raise Overloaded(
+                f"tenantledger is catching up ({pressure}); retry later", retry_after_s=self._config.retry_after_s
+            )
         if not self._slots.acquire(blocking=False):
             self._count("refused_overload")
             raise Overloaded(
-                f"more than max_inflight_requests ({self._config.max_inflight_requests}) exports in flight; retry later",
+                f"more than max_inflight_requests ({self._config.max_inflight_requests}) exports in flight; "
+                "retry later",
                 retry_after_s=self._config.retry_after_s,
             )
         try:

@@ -18,7 +18,7 @@ from receiver.config import ReceiverConfig, parse_endpoint
 log = logging.getLogger("tenantledger.receiver")
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, handler: ExportHandler) -> None:
         self._handler = handler
 
@@ -73,7 +73,8 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=config.max_inflight_requests * 2,
         )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(handler), self._server)
+        add = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
+        add(_TraceService(handler), self._server)  # type: ignore[no-untyped-call]
         host, port = parse_endpoint(config.grpc_endpoint)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if config.tls.enabled:

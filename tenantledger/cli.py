@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ep = service.start()
     except OSError as e:
         service.stop()
-        raise CliError(f"cannot listen: {e}; pick free ports with --grpc-endpoint/--http-endpoint (port 0 = any)")
+        raise CliError(f"cannot listen: {e}; pick free ports with --grpc-endpoint/--http-endpoint (0 = any)") from e
     print(
         f"tenantledger serving: grpc={ep.grpc} http={ep.http} ledger={config.ledger.path} "
         f"(recovered {service.recovered} unsettled spans)",

@@ -1,0 +1,144 @@
+"""The settle loop over a real spool and a real DuckDB ledger: batch splits, late spans, links, restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import Ledger
+from processors import ProcessorsConfig, Settler
+from processors._pricing import Pricer, PricingConfig
+from receiver import StagedSpan
+from tests.processors.spans import chat, span
+
+
+class ListSource:
+    """The spool's read side over a list (the real Spool is exercised end to end)."""
+
+    def __init__(self) -> None:
+        self.spans: list[StagedSpan] = []
+
+    def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]:
+        return sorted((s for s in self.spans if s.seq > seq), key=lambda s: s.seq)[:limit]
+
+    def read_traces(self, trace_ids: Any) -> list[StagedSpan]:
+        want = set(trace_ids)
+        return [s for s in self.spans if s.trace_id in want]
+
+
+def make(path: Path, source: ListSource) -> tuple[duckdb.DuckDBPyConnection, Settler]:
+    con = duckdb.connect(str(path))
+    ledger = Ledger(con)
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=2)
+    return con, Settler(cfg, source, ledger, Pricer(PricingConfig()))
+
+
+def feed(settler: Settler, source: ListSource, spans: list[StagedSpan]) -> None:
+    source.spans.extend(spans)
+    settler.on_spans(spans)
+
+
+def calls(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute(
+        "SELECT trace_id, span_id, request_id, tenant_id, tenant_source, unattributed_reason, input_tokens, "
+        "output_tokens, list_cost FROM llm_calls ORDER BY trace_id, span_id"
+    ).fetchall()
+
+
+REQUEST = [
+    span("a", "1", kind=2, attrs={"tenant.id": "acme"}, seq=1),
+    span("a", "2", "1", kind=3, attrs=chat(100, 20, response_id="r1"), seq=2),
+    span("a", "3", "1", kind=3, attrs=chat(50, 10, response_id="r2"), seq=3),
+]
+JOB = [
+    span("b", "1", kind=5, links=(("a", "1"),), seq=4),
+    span("b", "2", "1", kind=3, attrs=chat(70, 7, response_id="r3"), seq=5),
+]
+TWICE = [  # the same call reported by two instrumentations in two different traces
+    span("c", "1", kind=3, attrs=chat(10, 1, response_id="r9", **{"tenant.id": "acme"}), seq=6),
+    span("d", "1", kind=3, attrs=chat(10, 1, response_id="r9", **{"tenant.id": "acme", "server.address": "x"}),
+         seq=7),
+]
+ALL = REQUEST + JOB + TWICE
+
+
+def test_whole_set_at_once(tmp_path: Path) -> None:
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, ALL)
+    s.flush()
+    rows = calls(con)
+    assert len(rows) == 4  # r9 billed once
+    job = [r for r in rows if r[0].startswith("b")][0]
+    assert job[3:5] == ("acme", "link") and job[2] == "a".ljust(32, "0") + "-" + "1".ljust(16, "0")
+    assert all(r[8] is not None and r[8] > 0 for r in rows)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.permutations(ALL), st.lists(st.integers(1, len(ALL)), max_size=4), st.lists(st.sampled_from(ALL)))
+def test_any_split_order_and_duplication_gives_the_same_ledger(
+    tmp_path_factory: Any, order: list[StagedSpan], cuts: list[int], dups: list[StagedSpan]
+) -> None:
+    src = ListSource()
+    ref_con, ref = make(tmp_path_factory.mktemp("ref") / "l.duckdb", src)
+    feed(ref, src, ALL)
+    ref.flush()
+    expected = calls(ref_con)
+
+    src2 = ListSource()
+    con, s = make(tmp_path_factory.mktemp("x") / "l.duckdb", src2)
+    stream = list(order) + [s_ for s_ in dups]
+    bounds = sorted(set(cuts)) + [len(stream)]
+    start = 0
+    for b in bounds:
+        if b > start:
+            feed(s, src2, stream[start:b])
+            s.run_once(force=True)  # settle after every batch: later batches re-settle
+            start = b
+    s.flush()
+    assert calls(con) == expected
+
+
+def test_late_span_corrects_instead_of_charging_twice(tmp_path: Path) -> None:
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, [span("e", "2", "1", kind=3, attrs=chat(100, 20), seq=1)])
+    s.flush()
+    assert calls(con)[0][5] == "parent_not_received"
+    for i in range(5):  # push the trace out of the settled cache: the late span must read the spool
+        feed(s, src, [span(f"f{i}", "1", attrs=chat(1, 1), seq=10 + i)])
+        s.flush()
+    feed(s, src, [span("e", "1", kind=2, attrs={"tenant.id": "acme"}, seq=20)])
+    s.flush()
+    rows = [r for r in calls(con) if r[0].startswith("e")]
+    assert len(rows) == 1 and rows[0][3:5] == ("acme", "ancestor")
+
+
+def test_job_before_its_request_is_re_settled_when_the_request_arrives(tmp_path: Path) -> None:
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, JOB)
+    s.flush()
+    assert calls(con)[0][5] == "link_unresolved"
+    feed(s, src, REQUEST)
+    s.flush()
+    job = [r for r in calls(con) if r[0].startswith("b")]
+    assert job[0][3:5] == ("acme", "link")
+
+
+def test_restart_mid_trace_resumes_from_the_spool(tmp_path: Path) -> None:
+    src = ListSource()
+    path = tmp_path / "l.duckdb"
+    con, s = make(path, src)
+    feed(s, src, REQUEST[:2])
+    s.flush()  # settled with the first two spans, watermark advanced
+    src.spans.extend(REQUEST[2:])  # committed to the spool, then the process died before settling it
+    con.close()
+    con, s = make(path, src)
+    assert s.recover() == 1
+    s.flush()
+    assert len(calls(con)) == 2
