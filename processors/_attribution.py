@@ -247,15 +247,15 @@ def attribute_trace(
 
     records: list[UsageRecord] = []
     for s in t.spans:
-        v = views.get(s.span_id)
-        if v is None:
+        gv = views.get(s.span_id)
+        if gv is None:
             continue
-        if v.usage_reported:
+        if gv.usage_reported:
             if s.span_id in usage_below:
                 continue
-        elif v.role != "inference" or s.span_id in call_below:
+        elif gv.role != "inference" or s.span_id in call_below:
             continue
-        records.append(_record(t, s, v, cfg, request_tenants, request_users, trace_tenants, link_context))
+        records.append(_record(t, s, gv, cfg, request_tenants, request_users, trace_tenants, link_context))
 
     # Summary for traces that link to this one (async jobs): its root request and its unique tenant.
     roots = [s for s in t.spans if t.parent(s) is None]
@@ -283,7 +283,7 @@ def _only(values: set[str] | None) -> str | None:
 def _mark_ancestors(t: _Trace, s: StagedSpan, marked: set[str]) -> None:
     cur = t.parent(s)
     depth = 0
-    while cur is not None and cur.span_id not in marked and depth < MAX_DEPTH:
+    while cur is not None and cur.span_id not in marked and cur.span_id != s.span_id and depth < MAX_DEPTH:
         marked.add(cur.span_id)
         cur = t.parent(cur)
         depth += 1

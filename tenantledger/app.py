@@ -15,7 +15,7 @@ import duckdb
 
 from ledger import Ledger, LedgerError, QueryService, harden, jsonable
 from processors import Settler
-from processors._dialects import usage_problems
+from processors._dialects import EXTRA_KEYS, usage_problems
 from processors._pricing import Pricer
 from receiver import AttributeFilter, ExportHandler, GrpcServer, HttpRequest, HttpResponse, HttpServer, Spool
 from tenantledger.config import Config
@@ -55,7 +55,9 @@ class Service:
         self.handler = ExportHandler(
             config.receiver,
             self.spool,
-            AttributeFilter(config.processors.identity.all_keys(), config.receiver.max_attribute_value_length),
+            AttributeFilter(
+                config.processors.identity.all_keys() | EXTRA_KEYS, config.receiver.max_attribute_value_length
+            ),
             usage_problems,
         )
         self.settler = Settler(
@@ -75,6 +77,8 @@ class Service:
         self.http = HttpServer(self.config.receiver, self.handler)
         self.http.add_route("POST", "/v1/sql", self._sql_route)
         self.http.add_route("GET", "/healthz", lambda r: HttpResponse(200, "ok\n"))
+        self.http.add_route("GET", "/metrics", self._metrics_route)
+        self.http.add_route("POST", "/v1/export/focus", self._export_route)
         self.grpc.start()
         self.http.start()
         ep = Endpoints(f"{self.grpc.host}:{self.grpc.port}", f"{self.http.host}:{self.http.port}")
@@ -107,6 +111,42 @@ class Service:
 
     # --- query API --------------------------------------------------------------------------------
 
+    def _metrics_route(self, req: HttpRequest) -> HttpResponse:
+        from tenantledger._metrics import CONTENT_TYPE, PipelineCollector, render
+
+        def query(sql: str, params: list[object]) -> list[tuple[object, ...]]:
+            cur = self.queries.cursor()
+            try:
+                return cur.execute(sql, params).fetchall()
+            finally:
+                cur.close()
+
+        return HttpResponse(200, render(PipelineCollector(query, lambda: _health(self))), CONTENT_TYPE)
+
+    def _export_route(self, req: HttpRequest) -> HttpResponse:
+        import datetime as dt
+
+        from tenantledger._export_cli import export_archive
+
+        try:
+            doc = json.loads(req.body or b"{}")
+            start, end = dt.date.fromisoformat(doc["from"]), dt.date.fromisoformat(doc["to"])
+            fmt = doc.get("format", "csv")
+            if fmt not in ("csv", "parquet"):
+                raise ValueError("format must be csv or parquet")
+        except (ValueError, KeyError, TypeError) as e:
+            return _json(400, {"ok": False, "error": f"bad export request: {e}"})
+        cur = self.queries.cursor()
+        try:
+            data, summary = export_archive(cur, start, end, fmt, str(doc.get("name", "")),
+                                           self.config.ledger.billing_account_id,
+                                           self.config.ledger.billing_account_name)
+        except LedgerError as e:
+            return _json(400, {"ok": False, "error": e.message, "hint": e.hint})
+        finally:
+            cur.close()
+        return HttpResponse(200, data, "application/x-tar", {"X-Export-Summary": json.dumps(summary)})
+
     def _sql_route(self, req: HttpRequest) -> HttpResponse:
         try:
             doc = json.loads(req.body or b"{}")
@@ -128,6 +168,26 @@ class Service:
                 "truncated": result.truncated,
             },
         )
+
+
+def _health(service: Service) -> dict[str, float]:
+    r, st = service.handler.stats, service.settler.stats
+    return {
+        "counter:export_requests": r.requests,
+        "counter:spans_received": r.spans_accepted,
+        "counter:spans_rejected": r.spans_rejected,
+        "counter:exports_refused_overload": r.refused_overload,
+        "counter:exports_refused_invalid": r.refused_invalid,
+        "counter:exports_refused_storage": r.refused_storage,
+        "counter:traces_settled": st.traces_settled,
+        "counter:traces_resettled": st.resettled,
+        "counter:traces_evicted_early": st.evicted_early,
+        "counter:ledger_write_errors": st.write_errors,
+        "gauge:traces_pending": service.settler.pending_traces,
+        "gauge:spans_pending": service.settler.pending_spans,
+        "gauge:settle_lag_seconds": st.last_settle_lag_s,
+        "gauge:ledger_write_seconds": st.last_write_s,
+    }
 
 
 def _json(status: int, doc: object) -> HttpResponse:
