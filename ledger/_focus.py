@@ -104,7 +104,7 @@ SELECT
         AS PricingCategory,
     CASE WHEN quantity IS NOT NULL THEN 'USD' END AS PricingCurrency,
     effective_rate AS PricingCurrencyContractedUnitPrice,
-    CAST(quantity * effective_rate * 0.000001 AS DECIMAL(38, 18)) AS PricingCurrencyEffectiveCost,
+    CAST(coalesce(quantity * effective_rate * 0.000001, 0) AS DECIMAL(38, 18)) AS PricingCurrencyEffectiveCost,
     list_rate AS PricingCurrencyListUnitPrice,
     CAST(quantity * 0.000001 AS DECIMAL(38, 6)) AS PricingQuantity,
     CASE WHEN quantity IS NOT NULL THEN '1000000 Tokens' END AS PricingUnit,
@@ -118,7 +118,8 @@ SELECT
     CASE token_type WHEN 'input' THEN 'Input Tokens' WHEN 'cache_read' THEN 'Cache Read Tokens'
         WHEN 'cache_write' THEN 'Cache Write Tokens' WHEN 'output' THEN 'Output Tokens' ELSE 'Unpriced Calls' END
         AS SkuMeter,
-    json_object('x_Model', model, 'x_TokenType', token_type)::VARCHAR AS SkuPriceDetails,
+    CASE WHEN quantity IS NOT NULL THEN json_object('x_Model', model, 'x_TokenType', token_type)::VARCHAR END
+        AS SkuPriceDetails,
     CASE WHEN quantity IS NOT NULL THEN r.provider || ':' || model || ':' || token_type || ':'
         || CAST(list_rate AS VARCHAR) || ':' || CAST(effective_rate AS VARCHAR) || ':usd' END AS SkuPriceId,
     tenant_id AS SubAccountId,
@@ -236,7 +237,7 @@ def _tally(summary: ExportSummary, batch: pa.RecordBatch) -> None:
 
 def _write_csv(cur: duckdb.DuckDBPyConnection, path: Path, summary: ExportSummary, batch_rows: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    reader = cur.fetch_record_batch(batch_rows)
+    reader = cur.to_arrow_reader(batch_rows)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS)
@@ -254,7 +255,7 @@ def _write_parquet(cur: duckdb.DuckDBPyConnection, root: Path, summary: ExportSu
     root.mkdir(parents=True, exist_ok=True)
     writers: dict[str, pq.ParquetWriter] = {}
     try:
-        for batch in cur.fetch_record_batch(batch_rows):
+        for batch in cur.to_arrow_reader(batch_rows):
             _tally(summary, batch)
             table = pa.Table.from_batches([batch])
             periods = [v.strftime("%Y-%m") for v in batch.column("BillingPeriodStart").to_pylist()]
