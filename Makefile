@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit reliability bench clean
+.PHONY: install run demo test lint typecheck unit reliability bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 ## Start the receiver on the embedded DuckDB ledger (./tenantledger.duckdb), OTLP on 4317/4318.
 run: $(STAMP)
 	$(BIN)/tenantledger serve $(ARGS)
+
+## Start a server on 4317/4318 and fill it with a realistic multi-tenant workload; open the printed /ui address.
+demo: $(STAMP)
+	$(BIN)/tenantledger demo $(ARGS)
 
 ## ruff + mypy + pytest
 test: lint typecheck unit

@@ -6,6 +6,7 @@ Receives ``processors.Settlement``.
 from ledger._errors import LedgerError, LedgerLocked, LedgerNotFound, QueryError, ReadOnlyViolation
 from ledger._ledger import Ledger
 from ledger._query import QueryResult, QueryService, check_read_only, harden, jsonable, open_read_only, run_query
+from ledger._scope import ScopedViews
 from ledger._views import VIEWS
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "QueryResult",
     "QueryService",
     "ReadOnlyViolation",
+    "ScopedViews",
     "check_read_only",
     "harden",
     "jsonable",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -54,10 +55,12 @@ class QueryResult:
     truncated: bool
 
 
-def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 100_000) -> QueryResult:
+def run_query(
+    con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 100_000, params: Sequence[Any] | None = None
+) -> QueryResult:
     check_read_only(sql)
     try:
-        cur = con.execute(sql)
+        cur = con.execute(sql, list(params) if params else None)
         columns = [d[0] for d in cur.description or ()]
         types = [str(d[1]) for d in cur.description or ()]
         rows = cur.fetchmany(max_rows + 1)
@@ -103,9 +106,9 @@ class QueryService:
         with self._lock:
             return self._con.cursor()
 
-    def query(self, sql: str, max_rows: int = 100_000) -> QueryResult:
+    def query(self, sql: str, max_rows: int = 100_000, params: Sequence[Any] | None = None) -> QueryResult:
         cur = self.cursor()
         try:
-            return run_query(cur, sql, max_rows)
+            return run_query(cur, sql, max_rows, params)
         finally:
             cur.close()

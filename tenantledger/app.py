@@ -4,21 +4,28 @@ receiver -> processors -> ledger, plus the HTTP routes of the query API.
 
 from __future__ import annotations
 
+import datetime as dt
+import hmac
 import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from ledger import Ledger, LedgerError, QueryService, harden, jsonable
+from ledger import Ledger, LedgerError, QueryService, ScopedViews, harden, jsonable, run_query
 from processors import Settler
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors._pricing import Pricer
 from receiver import AttributeFilter, ExportHandler, GrpcServer, HttpRequest, HttpResponse, HttpServer, Spool
 from tenantledger.config import Config
+from tenantledger.finops import BudgetMonitor, FinopsError, QueryFn
+from tenantledger.finops._anomalies import anomalies_sql
+from tenantledger.finops._budgets import budget_check
 
 log = logging.getLogger("tenantledger")
 
@@ -49,8 +56,14 @@ class Service:
             ) from e
         self.spool = Spool(self.con)
         self.ledger = Ledger(self.con)
+        # The anomaly view bakes in the configured method parameters (README: spend anomalies).
+        anomaly_view = anomalies_sql(config.anomalies, bounded=False)
+        self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
+        self.budgets = BudgetMonitor(config.budgets, self.con.cursor())
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
+        self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})
+        self._tokens = [(t.value(), t.tenant) for t in config.api.tokens]
         self.pricer = Pricer(config.pricing)
         self.handler = ExportHandler(
             config.receiver,
@@ -73,12 +86,19 @@ class Service:
     def start(self) -> Endpoints:
         self.recovered = self.settler.recover()
         self.settler.start()
+        self.budgets.start()
         self.grpc = GrpcServer(self.config.receiver, self.handler)
         self.http = HttpServer(self.config.receiver, self.handler)
         self.http.add_route("POST", "/v1/sql", self._sql_route)
         self.http.add_route("GET", "/healthz", lambda r: HttpResponse(200, "ok\n"))
         self.http.add_route("GET", "/metrics", self._metrics_route)
         self.http.add_route("POST", "/v1/export/focus", self._export_route)
+        self.http.add_route("GET", "/v1/budget/", self._budget_route)
+        self.http.add_route("GET", "/ui", self._ui_route)
+        self.http.add_route("GET", "/ui/", self._ui_route)
+        self.http.add_route(  # last: "/" matches every GET path the routes above did not
+            "GET", "/", lambda r: HttpResponse(302, "", "text/plain", {"Location": "/ui"}) if r.path == "/"
+            else HttpResponse(404, f"no route for GET {r.path}\n"))
         self.grpc.start()
         self.http.start()
         ep = Endpoints(f"{self.grpc.host}:{self.grpc.port}", f"{self.http.host}:{self.http.port}")
@@ -99,6 +119,12 @@ class Service:
         if self.http is not None:
             self.http.stop(grace)
         self.settler.stop()
+        self.budgets.stop()
+        if self.config.budgets.enabled:
+            try:  # the flushed spend may have crossed a threshold: fire it now, not at the next start
+                self.budgets.check(dt.datetime.now(dt.UTC).replace(tzinfo=None))
+            except duckdb.Error:
+                log.exception("final budget check failed; it runs again at the next start")
         try:
             self.con.execute("CHECKPOINT")
         except duckdb.Error:
@@ -111,7 +137,95 @@ class Service:
 
     # --- query API --------------------------------------------------------------------------------
 
+    def _principal(self, req: HttpRequest) -> str | None | HttpResponse:
+        """Who is asking: None = operator (all tenants), a tenant id = scoped, or the 401 to send back.
+
+        The token comes from ``Authorization: Bearer`` or, for the dashboard in a browser, the
+        ``tenantledger_token`` cookie. Compared in constant time (no timing oracle on the token)."""
+        if not self._tokens:
+            return None
+        offered = ""
+        auth = req.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            offered = auth[7:].strip()
+        else:
+            for part in req.headers.get("cookie", "").split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == "tenantledger_token":
+                    offered = value
+        for token, tenant in self._tokens:
+            if offered and hmac.compare_digest(offered.encode(), token.encode()):
+                return tenant
+        return HttpResponse(401, json.dumps({"ok": False, "error": "a valid query API token is required",
+                                             "hint": "send Authorization: Bearer <token> (config api.tokens)"}),
+                            "application/json", {"WWW-Authenticate": 'Bearer realm="tenantledger"'})
+
+    def query_fn(self, tenant: str | None) -> QueryFn:
+        """Read-only queries for one principal: everything for an operator, scoped views for a tenant token."""
+
+        def q(sql: str, params: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+            cur = self.queries.cursor()
+            try:
+                if tenant is None:
+                    r = run_query(cur, sql, 1_000_000, params)
+                else:
+                    r = self.scoped.query(cur, tenant, sql, 1_000_000, params)
+                return r.columns, r.rows
+            finally:
+                cur.close()
+
+        return q
+
+    def _budget_route(self, req: HttpRequest) -> HttpResponse:
+        from urllib.parse import unquote
+
+        who = self._principal(req)
+        if isinstance(who, HttpResponse):
+            return who
+        tenant = unquote(req.path[len("/v1/budget/"):])
+        if not tenant or "/" in tenant:
+            return _json(404, {"ok": False, "error": "use GET /v1/budget/{tenant}"})
+        if who is not None and who != tenant:
+            return _json(403, {"ok": False, "error": "this token is scoped to another tenant"})
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        doc = budget_check(self.query_fn(who), self.config.budgets, tenant, now)
+        doc["staleness_s"] = self.config.processors.wait_duration_s + self.config.budgets.check_interval_s
+        return _json(200, {"ok": True, **doc})
+
+    def _ui_route(self, req: HttpRequest) -> HttpResponse:
+        from urllib.parse import unquote
+
+        from tenantledger._dashboard import render_dashboard, render_request
+
+        token = (req.query.get("token") or [""])[0]
+        if token and self._tokens and any(hmac.compare_digest(token.encode(), t.encode()) for t, _ in self._tokens):
+            # A browser cannot send a bearer header: /ui?token=... sets an HttpOnly cookie and drops the token
+            # from the address bar.
+            return HttpResponse(303, "", "text/plain", {
+                "Location": "/ui", "Set-Cookie": f"tenantledger_token={token}; HttpOnly; SameSite=Strict; Path=/"})
+        who = self._principal(req)
+        if isinstance(who, HttpResponse):
+            return who
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        q = self.query_fn(who)
+        try:
+            if req.path.startswith("/ui/request/"):
+                page = render_request(q, unquote(req.path[len("/ui/request/"):]), now, who)
+                if page is None:
+                    return HttpResponse(404, "no such request in the ledger\n")
+            else:
+                days = int((req.query.get("days") or ["30"])[0])
+                page = render_dashboard(q, self.config.budgets, now, max(1, min(days, 400)), scope=who)
+        except (LedgerError, FinopsError, ValueError) as e:
+            return HttpResponse(400, f"{e}\n")
+        return HttpResponse(200, page, "text/html; charset=utf-8")
+
     def _metrics_route(self, req: HttpRequest) -> HttpResponse:
+        who = self._principal(req)
+        if isinstance(who, HttpResponse):
+            return who
+        if who is not None:
+            return _json(403, {"ok": False, "error": "/metrics needs an operator token (not scoped to a tenant)"})
         from tenantledger._metrics import CONTENT_TYPE, PipelineCollector, render
 
         def query(sql: str, params: list[object]) -> list[tuple[object, ...]]:
@@ -124,7 +238,13 @@ class Service:
         return HttpResponse(200, render(PipelineCollector(query, lambda: _health(self))), CONTENT_TYPE)
 
     def _export_route(self, req: HttpRequest) -> HttpResponse:
-        import datetime as dt
+
+        who = self._principal(req)
+        if isinstance(who, HttpResponse):
+            return who
+        if who is not None:
+            return _json(403, {"ok": False, "error": "the FOCUS export needs an operator token",
+                               "hint": "a tenant token can read its rows with SQL on the focus view"})
 
         from tenantledger._export_cli import export_archive
 
@@ -148,12 +268,28 @@ class Service:
         return HttpResponse(200, data, "application/x-tar", {"X-Export-Summary": json.dumps(summary)})
 
     def _sql_route(self, req: HttpRequest) -> HttpResponse:
+        who = self._principal(req)
+        if isinstance(who, HttpResponse):
+            return who
         try:
             doc = json.loads(req.body or b"{}")
             sql = doc.get("sql") if isinstance(doc, dict) else None
             if not isinstance(sql, str):
                 return _json(400, {"ok": False, "error": "body must be JSON {\"sql\": \"SELECT ...\"}"})
-            result = self.queries.query(sql, int(doc.get("max_rows", 100_000)))
+            params = doc.get("params") or []
+            if not isinstance(params, list) or not all(
+                v is None or isinstance(v, str | int | float | bool) for v in params
+            ):
+                return _json(400, {"ok": False, "error": "params must be a JSON array of scalars"})
+            max_rows = int(doc.get("max_rows", 100_000))
+            if who is None:
+                result = self.queries.query(sql, max_rows, params)
+            else:
+                cur = self.queries.cursor()
+                try:
+                    result = self.scoped.query(cur, who, sql, max_rows, params)
+                finally:
+                    cur.close()
         except LedgerError as e:
             return _json(400, {"ok": False, "error": e.message, "hint": e.hint})
         except ValueError as e:

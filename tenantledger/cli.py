@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import json
 import logging
 import signal
@@ -15,11 +16,13 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ledger import LedgerError, QueryResult, jsonable, open_read_only, run_query
 from tenantledger.config import Config, ConfigError, load_config
+from tenantledger.finops import FinopsError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -91,11 +94,37 @@ def _server_for(ledger_path: Path) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def _query(ledger_path: Path, sql: str, token: str | None = None) -> QueryResult:
+def _wire(value: Any) -> Any:
+    """A query parameter as JSON: dates and times in ISO 8601, Decimal as a string (DuckDB casts them back)."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _revive(value: Any, type_name: str) -> Any:
+    """A JSON result cell back to the Python value a local query returns, so callers see one shape."""
+    if value is None or not isinstance(value, str):
+        return value
+    t = type_name.upper()
+    if t.startswith("DECIMAL"):
+        return Decimal(value)
+    if t == "DATE":
+        return dt.date.fromisoformat(value)
+    if t.startswith("TIMESTAMP"):
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
+def _query(
+    ledger_path: Path, sql: str, token: str | None = None, params: Sequence[Any] = (), revive: bool = False
+) -> QueryResult:
     url = _server_for(ledger_path)
     if url is not None:
+        body = {"sql": sql, "params": [_wire(v) for v in params]}
         req = urllib.request.Request(
-            f"{url}/v1/sql", data=json.dumps({"sql": sql}).encode(), headers={"Content-Type": "application/json"}
+            f"{url}/v1/sql", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
         )
         if token:
             req.add_header("Authorization", f"Bearer {token}")
@@ -112,10 +141,15 @@ def _query(ledger_path: Path, sql: str, token: str | None = None) -> QueryResult
         except urllib.error.URLError:
             url = None  # stale discovery file: the server is gone, read the file directly
         else:
-            return QueryResult(doc["columns"], doc["types"], [tuple(r) for r in doc["rows"]], doc["truncated"])
+            rows = [tuple(r) for r in doc["rows"]]
+            if revive:
+                rows = [tuple(_revive(v, t) for v, t in zip(r, doc["types"], strict=True)) for r in rows]
+            return QueryResult(doc["columns"], doc["types"], rows, doc["truncated"])
     con = open_read_only(ledger_path)
     try:
-        result = run_query(con, sql)
+        result = run_query(con, sql, params=params)
+        if revive:
+            return result
         return QueryResult(result.columns, result.types,
                            [tuple(jsonable(v) for v in row) for row in result.rows], result.truncated)
     finally:
@@ -149,6 +183,65 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- demo ----------------------------------------------------------------------------------------------
+
+
+def progress_bar(label: str) -> Any:
+    """A progress callback: a bar on a terminal (stderr), silent when piped so scripts get clean output."""
+    tty = sys.stderr.isatty()
+
+    def update(done: int, total: int) -> None:
+        if not tty or total <= 0:
+            return
+        width = 30
+        filled = width * done // total
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return update
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tenantledger._demo import Workload
+    from tenantledger.app import Service
+
+    service = None
+    if args.target:
+        target, ui = args.target, None
+    else:
+        config = _config(args)
+        logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        service = Service(config)
+        try:
+            ep = service.start()
+        except OSError as e:
+            service.stop()
+            raise CliError(f"cannot listen: {e}; is `tenantledger serve` already running? "
+                           "Then use: tenantledger demo --target 127.0.0.1:4317") from e
+        target, ui = ep.grpc, f"http://{ep.http}/ui"
+        print(f"tenantledger demo: serving grpc={ep.grpc} http={ep.http} ledger={config.ledger.path}", flush=True)
+    workload = Workload(target, args.seed, args.days)
+    stats = workload.run(args.requests, args.live_s, progress_bar("sending"))
+    workload.shutdown()
+    print(f"tenantledger demo: sent {stats.requests} requests ({stats.llm_spans} LLM spans, {stats.spans} spans) "
+          f"to {target}: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.by_kind.items())), flush=True)
+    if service is None:
+        return EXIT_OK
+    if args.exit:
+        service.stop()
+        print("tenantledger demo: stopped (ledger flushed)", flush=True)
+        return EXIT_OK
+    print(f"tenantledger demo: dashboard at {ui} (Ctrl-C to stop)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    service.stop()
+    return EXIT_OK
+
+
 # --- parser --------------------------------------------------------------------------------------------
 
 EPILOG_SERVE = """examples:
@@ -160,6 +253,14 @@ EPILOG_SQL = """examples:
   tenantledger sql "SELECT tenant_id, sum(effective_cost) FROM llm_calls GROUP BY 1 ORDER BY 2 DESC"
   tenantledger sql "SELECT * FROM spend_daily" --format csv > spend.csv
 Works while `serve` runs (the query goes through the server) and when it is stopped (the file is read directly).
+"""
+
+
+EPILOG_DEMO = """examples:
+  tenantledger demo                      # start a server on 4317/4318 and fill it; open http://127.0.0.1:4318/ui
+  tenantledger demo --target 127.0.0.1:4317 --requests 1000 --live-s 60
+Several services (web-api with Baggage, an llm-gateway that drops it, a report-worker job linked to the request,
+a search-indexer with no tenant), streaming with and without usage, agents with tool calls.
 """
 
 
@@ -191,9 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--token", metavar="TOKEN", help="bearer token of the query API, when the server requires one")
     q.set_defaults(func=cmd_sql)
 
-    from tenantledger import _export_cli
+    d = sub.add_parser("demo", help="drive a server with a realistic multi-tenant workload (real OTel SDK)",
+                       epilog=EPILOG_DEMO, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(d)
+    d.add_argument("--target", metavar="HOST:PORT", help="send to this running server's OTLP/gRPC endpoint "
+                   "instead of starting one")
+    d.add_argument("--grpc-endpoint", metavar="HOST:PORT", help="when starting a server (default 127.0.0.1:4317)")
+    d.add_argument("--http-endpoint", metavar="HOST:PORT", help="when starting a server (default 127.0.0.1:4318)")
+    d.add_argument("--requests", type=int, default=400, metavar="N", help="user requests to send (default 400)")
+    d.add_argument("--days", type=int, default=14, metavar="D", help="spread them over the last D days (default 14)")
+    d.add_argument("--live-s", type=float, default=0.0, metavar="S", help="then S seconds of live traffic")
+    d.add_argument("--seed", type=int, default=7, help="random seed (default 7: the same workload every time)")
+    d.add_argument("--exit", action="store_true", help="stop the started server after the workload")
+    d.set_defaults(func=cmd_demo)
+
+    from tenantledger import _export_cli, _finops_cli
 
     _export_cli.register(sub, common)
+    _finops_cli.register(sub, common)
     return p
 
 
@@ -206,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tenantledger: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except FinopsError as e:
+        hint = f" — {e.hint}" if e.hint else ""
+        print(f"tenantledger: {e.message}{hint}", file=sys.stderr)
+        return EXIT_USAGE
     except LedgerError as e:
         hint = f" — {e.hint}" if e.hint else ""
         print(f"tenantledger: {e.message}{hint}", file=sys.stderr)
@@ -215,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tenantledger audit | head`: the reader left; not an error
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

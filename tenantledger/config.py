@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors import ProcessorsConfig
 from processors._pricing import PricingConfig
 from receiver import ReceiverConfig
+from tenantledger.finops._anomalies import AnomaliesConfig
+from tenantledger.finops._budgets import BudgetsConfig
+from tenantledger.finops._statement import StatementsConfig
 
 
 class ConfigError(Exception):
@@ -29,6 +32,34 @@ class LedgerConfig(_Strict):
     billing_account_name: str = "LLM platform"
 
 
+class ApiTokenConfig(_Strict):
+    token: str | None = None
+    """The bearer token (``Authorization: Bearer <token>``); or read it from ``token_file``."""
+    token_file: Path | None = None
+    tenant: str | None = None
+    """None: an operator token (every tenant, export, metrics). A tenant id: that tenant's rows only."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiTokenConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token or token_file")
+        if self.token_file is not None and not self.token_file.is_file():
+            raise ValueError(f"token_file not found: {self.token_file}")
+        return self
+
+    def value(self) -> str:
+        if self.token is not None:
+            return self.token
+        assert self.token_file is not None
+        return self.token_file.read_text().strip()
+
+
+class ApiConfig(_Strict):
+    tokens: list[ApiTokenConfig] = []
+    """Tokens of the query API (SQL, budget check, FOCUS export, dashboard, /metrics), separate from ingest auth.
+    Empty: the API is open to whoever reaches the HTTP endpoint, so keep it on loopback."""
+
+
 class ServiceConfig(_Strict):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight requests may take before the listeners close."""
@@ -41,6 +72,10 @@ class Config(_Strict):
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
     service: ServiceConfig = ServiceConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    anomalies: AnomaliesConfig = AnomaliesConfig()
+    statements: StatementsConfig = StatementsConfig()
+    api: ApiConfig = ApiConfig()
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
