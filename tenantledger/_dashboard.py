@@ -120,7 +120,9 @@ def render_dashboard(q: QueryFn, budgets: BudgetsConfig, now: dt.datetime, days:
         effective_cost IS NULL) FROM llm_calls WHERE {where}""", p)
     total, attributed, calls, tenants, requests, unpriced = k[0]
     total, attributed = Decimal(total), Decimal(attributed)
-    coverage = f"{attributed * 100 / total:.1f} %" if total else "—"
+    # Never round 99.97 % up to "100 %": a dashboard must not claim full attribution when a cent is missing.
+    pct = (attributed * 100 / total).quantize(Decimal("0.01"), rounding="ROUND_DOWN") if total else None
+    coverage = "—" if pct is None else f"{pct} %"
     kpis = (f'<section class="wide"><div class="kpis" data-testid="kpis">'
             f'<div class="kpi">Spend, last {days} days'
             f'<b data-testid="kpi-total" data-usd="{total}">{usd(total)}</b></div>'

@@ -40,10 +40,12 @@ class PipelineCollector(Collector):
         query: Callable[[str, list[Any]], list[tuple[Any, ...]]],
         health: Callable[[], dict[str, float]],
         max_tenants: int = 50,
+        budget_states: Callable[[], list[tuple[str, str, float]]] | None = None,
     ) -> None:
         self._query = query
         self._health = health
         self._max_tenants = max_tenants
+        self._budget_states = budget_states
 
     def collect(self) -> Iterator[Any]:
         cost = CounterMetricFamily(
@@ -65,6 +67,20 @@ class PipelineCollector(Collector):
         yield cost
         yield tokens
         yield calls
+        if self._budget_states is not None:
+            state = GaugeMetricFamily("tenantledger_budget_state", "Budget state: 0 ok, 1 warn, 2 over",
+                                      labels=["tenant", "period"])
+            # Bounded: only tenants not ok or with their own budget, and at most max_tenants of them.
+            for tenant, period, value in self._budget_states()[: self._max_tenants]:
+                state.add_metric([tenant, period], value)
+            yield state
+            alerts = CounterMetricFamily("tenantledger_budget_alerts", "Budget alerts fired",
+                                         labels=["period", "threshold"])
+            for period, threshold, n in self._query(
+                "SELECT period, threshold, count(*) FROM budget_alerts GROUP BY ALL ORDER BY ALL", []
+            ):
+                alerts.add_metric([period, threshold], float(n))
+            yield alerts
         for name, value in sorted(self._health().items()):
             kind, _, metric = name.partition(":")
             if kind == "counter":

@@ -235,7 +235,16 @@ class Service:
             finally:
                 cur.close()
 
-        return HttpResponse(200, render(PipelineCollector(query, lambda: _health(self))), CONTENT_TYPE)
+        levels = {"ok": 0.0, "warn": 1.0, "over": 2.0}
+
+        def budget_states() -> list[tuple[str, str, float]]:
+            own = self.config.budgets.tenants
+            states = [b for b in self.budgets.states if b.state != "ok" or b.tenant_id in own]
+            states.sort(key=lambda b: (-levels[b.state], -b.used_pct, b.tenant_id))
+            return [(b.tenant_id, b.period, levels[b.state]) for b in states]
+
+        collector = PipelineCollector(query, lambda: _health(self), budget_states=budget_states)
+        return HttpResponse(200, render(collector), CONTENT_TYPE)
 
     def _export_route(self, req: HttpRequest) -> HttpResponse:
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import faulthandler
 import json
 import logging
 import signal
@@ -56,6 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     service = Service(config)
     stop = threading.Event()
+    # `kill -USR1 <pid>` prints every thread's stack: how an operator (or a test) sees where a stop is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()

@@ -101,7 +101,16 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Ask the server for every thread's stack (faulthandler on SIGUSR1), then fail with it.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            tail = (out or "")[-8000:]
+            raise AssertionError(f"server did not stop within {timeout} s; its threads:\n{tail}") from None
         self.output.append(out or "")
         return self.proc.returncode
 
