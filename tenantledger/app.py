@@ -94,6 +94,9 @@ class Service:
         self.http.add_route("GET", "/metrics", self._metrics_route)
         self.http.add_route("POST", "/v1/export/focus", self._export_route)
         self.http.add_route("GET", "/v1/budget/", self._budget_route)
+        for name in ("audit", "anomalies", "concentration", "budgets"):
+            self.http.add_route("GET", f"/v1/{name}", self._finops_route)
+        self.http.add_route("GET", "/v1/statement/", self._finops_route)
         self.http.add_route("GET", "/ui", self._ui_route)
         self.http.add_route("GET", "/ui/", self._ui_route)
         self.http.add_route(  # last: "/" matches every GET path the routes above did not
@@ -191,6 +194,55 @@ class Service:
         doc = budget_check(self.query_fn(who), self.config.budgets, tenant, now)
         doc["staleness_s"] = self.config.processors.wait_duration_s + self.config.budgets.check_interval_s
         return _json(200, {"ok": True, **doc})
+
+    def _finops_route(self, req: HttpRequest) -> HttpResponse:
+        """GET /v1/{audit,anomalies,concentration,budgets} and /v1/statement/{tenant}: the CLI's answers as JSON."""
+        from decimal import Decimal, InvalidOperation
+        from urllib.parse import unquote
+
+        from tenantledger.finops import Period, audit, budget_status, concentration, find_anomalies, statement
+
+        who = self._principal(req)
+        if isinstance(who, HttpResponse):
+            return who
+        arg = {k: v[0] for k, v in req.query.items() if v}
+        q = self.query_fn(who)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        try:
+            end = dt.date.fromisoformat(arg["to"]) if "to" in arg else now.date() + dt.timedelta(days=1)
+            default_days = 7 if req.path == "/v1/anomalies" else 30
+            start = dt.date.fromisoformat(arg["from"]) if "from" in arg else end - dt.timedelta(days=default_days)
+            period = Period(start, end)
+            stripe = None
+            if req.path == "/v1/audit":
+                tables = audit(q, period)
+            elif req.path == "/v1/anomalies":
+                tables = [find_anomalies(q, self.config.anomalies, period)]
+            elif req.path == "/v1/concentration":
+                pcts = [Decimal(x) for x in arg.get("top_pct", "1,5,10,20").split(",")]
+                tables = [concentration(q, period, pcts, arg.get("grain", "month"))]
+            elif req.path == "/v1/budgets":
+                tables = [budget_status(q, self.config.budgets, now, who)]
+            else:
+                tenant = unquote(req.path[len("/v1/statement/"):])
+                if who is not None and who != tenant:
+                    return _json(403, {"ok": False, "error": "this token is scoped to another tenant"})
+                markup = Decimal(arg["markup_pct"]) if "markup_pct" in arg else None
+                table, stripe = statement(q, self.config.statements, tenant, period, markup)
+                tables = [table]
+        except FinopsError as e:
+            return _json(400, {"ok": False, "error": e.message, "hint": e.hint})
+        except LedgerError as e:
+            return _json(400, {"ok": False, "error": e.message, "hint": e.hint})
+        except (ValueError, InvalidOperation) as e:
+            return _json(400, {"ok": False, "error": f"bad parameter: {e}"})
+        doc: dict[str, Any] = {"ok": True, "from": period.start.isoformat(), "to": period.end.isoformat()}
+        for t in tables:
+            doc[t.title.split(" ")[0]] = {"columns": t.columns, "rows": [[jsonable(v) for v in r] for r in t.rows],
+                                          "notes": t.notes}
+        if stripe is not None:
+            doc["stripe"] = stripe
+        return _json(200, doc)
 
     def _ui_route(self, req: HttpRequest) -> HttpResponse:
         from urllib.parse import unquote

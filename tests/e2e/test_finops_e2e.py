@@ -451,3 +451,22 @@ def test_dashboard_in_headless_chromium_matches_ledger(env: Env) -> None:
             page.screenshot(path=str(ARTIFACTS / "dashboard-request.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_finops_http_endpoints_answer_like_the_cli(env: Env) -> None:
+    s = env.server
+    status, doc = http(s, "/v1/audit?from=2020-01-01&to=2100-01-01")
+    assert status == 200
+    cov = dict(doc["coverage"]["rows"])
+    r = cli(s, "audit", "--from", "2020-01-01", "--to", "2100-01-01", "--format", "json")
+    cli_cov = {m["metric"]: m["value"] for m in json.loads(r.stdout)["coverage"]["rows"]}
+    assert cov["cost_usd"] == cli_cov["cost_usd"] and cov["billable_calls"] == cli_cov["billable_calls"]
+    status, doc = http(s, "/v1/anomalies?from=2020-01-01&to=2100-01-01")
+    assert status == 200 and [r[0] for r in doc["anomalies"]["rows"]] == ["spiky"]
+    status, doc = http(s, "/v1/statement/globex?from=2020-01-01&to=2100-01-01&markup_pct=10")
+    assert status == 200 and doc["stripe"]["invoice_items"]
+    assert http(s, "/v1/statement/globex", ACME)[0] == 403
+    status, doc = http(s, "/v1/concentration?from=2026-12-01&to=2026-11-01")
+    assert status == 400 and "inverted" in doc["error"]
+    status, doc = http(s, "/v1/budgets", ACME)
+    assert status == 200 and {r[0] for r in doc["budgets"]["rows"]} == {"acme"}
