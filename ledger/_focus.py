@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -167,6 +168,7 @@ class ExportSummary:
     effective_cost: Decimal = Decimal(0)
     list_cost: Decimal = Decimal(0)
     paths: list[Path] = field(default_factory=list)
+    progress: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
 
 
 def _select(start: dt.date, end: dt.date) -> tuple[str, list[Any]]:
@@ -211,14 +213,16 @@ def export_focus(
     billing_account_name: str,
     fmt: Literal["csv", "parquet"] | None = None,
     batch_rows: int = 50_000,
+    progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
-    """Write the FOCUS rows whose ChargePeriodStart is in [start, end). Streams; memory is one batch."""
+    """Write the FOCUS rows whose ChargePeriodStart is in [start, end). Streams; memory is one batch.
+    ``progress`` is called with the rows written so far after each batch."""
     fmt = fmt or ("parquet" if path.suffix != ".csv" else "csv")
     sql, params = _select(start, end)
     cur = con.cursor()
     try:
         cur.execute(sql, [billing_account_id, billing_account_name, *params])
-        summary = ExportSummary()
+        summary = ExportSummary(progress=progress)
         if fmt == "csv":
             _write_csv(cur, path, summary, batch_rows)
         else:
@@ -230,6 +234,8 @@ def export_focus(
 
 def _tally(summary: ExportSummary, batch: pa.RecordBatch) -> None:
     summary.rows += batch.num_rows
+    if summary.progress is not None:
+        summary.progress(summary.rows)
     for col, attr in (("BilledCost", "billed_cost"), ("EffectiveCost", "effective_cost"), ("ListCost", "list_cost")):
         total = sum((v for v in batch.column(col).to_pylist() if v is not None), Decimal(0))
         setattr(summary, attr, getattr(summary, attr) + total)

@@ -49,16 +49,17 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     f.set_defaults(func=cmd_export_focus)
 
 
-def export_to(con: Any, out: Path, start: dt.date, end: dt.date, fmt: str, account_id: str, account_name: str) -> Any:
+def export_to(con: Any, out: Path, start: dt.date, end: dt.date, fmt: str, account_id: str, account_name: str,
+              progress: Callable[[int], None] | None = None) -> Any:
     from ledger._focus import export_focus
 
     return export_focus(con, out, start=start, end=end, billing_account_id=account_id,
-                        billing_account_name=account_name, fmt=fmt)  # type: ignore[arg-type]
+                        billing_account_name=account_name, fmt=fmt, progress=progress)  # type: ignore[arg-type]
 
 
 def cmd_export_focus(args: argparse.Namespace) -> int:
     from ledger import LedgerError, open_read_only
-    from tenantledger.cli import CliError, _config, _server_for
+    from tenantledger.cli import CliError, _config, _server_for, progress_bar
 
     config = _config(args)
     out = Path(args.output)
@@ -76,7 +77,15 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
         try:
             with urllib.request.urlopen(req, timeout=3600) as resp:
                 summary = json.loads(resp.headers.get("X-Export-Summary", "{}"))
-                archive = resp.read()
+                size = int(resp.headers.get("Content-Length") or 0)
+                bar = progress_bar("downloading")
+                chunks: list[bytes] = []
+                got = 0
+                while chunk := resp.read(1 << 20):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    bar(got, size)
+                archive = b"".join(chunks)
         except urllib.error.HTTPError as e:
             raise CliError(f"export failed: {e.read().decode(errors='replace').strip()}") from e
         except urllib.error.URLError:
@@ -87,8 +96,11 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
             return 0
     con = open_read_only(config.ledger.path)
     try:
+        total = con.execute("SELECT count(*) FROM focus WHERE ChargePeriodStart >= ? AND ChargePeriodStart < ?",
+                            [args.start, args.end]).fetchone()
+        bar = progress_bar("exporting")
         s = export_to(con, out, args.start, args.end, fmt, config.ledger.billing_account_id,
-                      config.ledger.billing_account_name)
+                      config.ledger.billing_account_name, lambda done: bar(done, int(total[0]) if total else 0))
     except LedgerError:
         raise
     finally:
