@@ -13,11 +13,12 @@ from pathlib import Path
 
 import duckdb
 
-from ledger import Ledger, LedgerError, QueryService, harden, jsonable
-from processors import Settler
+from ledger import LakePublisher, Ledger, LedgerError, QueryService, default_instance_id, harden, jsonable
+from processors import LinkedContext, Settler, UsageRecord, attribute_trace
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors._pricing import Pricer
 from receiver import AttributeFilter, ExportHandler, GrpcServer, HttpRequest, HttpResponse, HttpServer, Spool
+from receiver._spool import rows_to_spans
 from tenantledger.config import Config
 
 log = logging.getLogger("tenantledger")
@@ -48,7 +49,8 @@ class Service:
                 "is another `tenantledger serve` using it? Stop it or pass another --ledger",
             ) from e
         self.spool = Spool(self.con)
-        self.ledger = Ledger(self.con)
+        shared = config.ledger.shared
+        self.ledger = Ledger(self.con, outbox=shared.enabled)
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.pricer = Pricer(config.pricing)
@@ -65,6 +67,11 @@ class Service:
         )
         self.spool.subscribe(self.settler.on_spans)
         self.queries = QueryService(self.con)
+        # Scale-out (docs/adr/0002): settled rows are also published to the shared DuckLake.
+        self.lake: LakePublisher | None = None
+        if shared.enabled:
+            self.lake = LakePublisher(shared, self.con, shared.instance_id or default_instance_id(path),
+                                      self._resettle)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.recovered = 0
@@ -73,6 +80,8 @@ class Service:
     def start(self) -> Endpoints:
         self.recovered = self.settler.recover()
         self.settler.start()
+        if self.lake is not None:
+            self.lake.start()
         self.grpc = GrpcServer(self.config.receiver, self.handler)
         self.http = HttpServer(self.config.receiver, self.handler)
         self.http.add_route("POST", "/v1/sql", self._sql_route)
@@ -99,6 +108,11 @@ class Service:
         if self.http is not None:
             self.http.stop(grace)
         self.settler.stop()
+        if self.lake is not None:
+            try:
+                self.lake.stop()
+            except Exception:  # the outbox keeps what was not published; the next start publishes it
+                log.exception("final publish to the shared ledger failed")
         try:
             self.con.execute("CHECKPOINT")
         except duckdb.Error:
@@ -108,6 +122,17 @@ class Service:
             discovery_path(self.config.ledger.path).unlink()
         except FileNotFoundError:
             pass
+
+    def _resettle(self, rows: list[dict[str, object]]) -> list[UsageRecord]:
+        """One trace, settled from all instances' spans (a trace whose spans reached two instances)."""
+        ledger = self.ledger
+
+        class _Local:
+            def resolve(self, trace_id: str) -> LinkedContext | None:
+                return ledger.trace_contexts([trace_id]).get(trace_id)
+
+        result = attribute_trace(rows_to_spans(rows), self.config.processors.identity, _Local())
+        return [self.pricer.price(rec) for rec in result.records]
 
     # --- query API --------------------------------------------------------------------------------
 
@@ -187,6 +212,12 @@ def _health(service: Service) -> dict[str, float]:
         "gauge:spans_pending": service.settler.pending_spans,
         "gauge:settle_lag_seconds": st.last_settle_lag_s,
         "gauge:ledger_write_seconds": st.last_write_s,
+        **({
+            "counter:lake_traces_published": service.lake.stats.traces_published,
+            "counter:lake_traces_merged": service.lake.stats.traces_merged,
+            "counter:lake_publish_errors": service.lake.stats.publish_errors,
+            "gauge:lake_publish_seconds": service.lake.stats.last_publish_s,
+        } if service.lake is not None else {}),
     }
 
 
