@@ -219,8 +219,11 @@ def export_focus(
     ``progress`` is called with the rows written so far after each batch."""
     fmt = fmt or ("parquet" if path.suffix != ".csv" else "csv")
     sql, params = _select(start, end)
+    db = con.execute("SELECT current_database()").fetchone()
     cur = con.cursor()
     try:
+        if db is not None:  # a new cursor starts in the default database; stay in the caller's (e.g. the lake)
+            cur.execute(f'USE "{db[0]}"')
         cur.execute(sql, [billing_account_id, billing_account_name, *params])
         summary = ExportSummary(progress=progress)
         if fmt == "csv":

@@ -95,12 +95,24 @@ class Ledger:
     """Threading: ``write`` is called by the settler thread only; the read helpers may be called from it too.
     Query APIs open their own cursors (see ``ledger.query``)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, outbox: bool = False) -> None:
         self._con = con.cursor()
         self._lock = threading.Lock()
+        self._outbox = outbox
         self._con.execute(CALLS_DDL)
         for ddl in _SUPPORT_DDL:
             self._con.execute(ddl)
+        if outbox:
+            # Traces settled but not yet published to the shared ledger (ledger._lake), written in the same
+            # transaction as the rows; a newer version means the trace was re-settled after being read.
+            existed = self._con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'lake_outbox'").fetchone()
+            self._con.execute("CREATE SEQUENCE IF NOT EXISTS lake_outbox_version")
+            self._con.execute("CREATE TABLE IF NOT EXISTS lake_outbox (trace_id VARCHAR PRIMARY KEY, "
+                              "version BIGINT NOT NULL)")
+            if existed is not None and existed[0] == 0:  # first start with a shared ledger: publish the past too
+                self._con.execute("INSERT INTO lake_outbox SELECT trace_id, nextval('lake_outbox_version') "
+                                  "FROM traces")
         create_views(self._con)
 
     def watermark(self) -> int:
@@ -197,6 +209,9 @@ class Ledger:
                         WHERE calls.trace_id = d.trace_id AND calls.span_id = d.span_id
                         """
                     )
+                    if self._outbox:
+                        con.execute("INSERT OR REPLACE INTO lake_outbox SELECT trace_id, "
+                                    "nextval('lake_outbox_version') FROM _traces")
                     con.execute(
                         "INSERT OR REPLACE INTO ledger_meta VALUES ('settled_watermark', ?)", [settlement.watermark]
                     )

@@ -46,6 +46,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     f.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.csv, FILE.parquet or a directory")
     f.add_argument("--format", choices=("csv", "parquet"), help="default: from the output's extension")
     f.add_argument("--token", metavar="TOKEN", help="bearer token of the query API, when the server requires one")
+    f.add_argument("--lake", action="store_true", help="export from the shared ledger (ledger.shared in --config)")
     f.set_defaults(func=cmd_export_focus)
 
 
@@ -66,6 +67,17 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
     fmt = args.format or ("parquet" if out.suffix == ".parquet" or out.suffix == "" else "csv")
     if args.end <= args.start:
         raise CliError("--to must be after --from (the period is [from, to))", code=2)
+    if args.lake:
+        from ledger import open_lake_read_only
+
+        lake = open_lake_read_only(config.ledger.shared)
+        try:
+            s = export_to(lake, out, args.start, args.end, fmt, config.ledger.billing_account_id,
+                          config.ledger.billing_account_name)
+        finally:
+            lake.close()
+        _report(summary_dict(s), out)
+        return 0
     url = _server_for(config.ledger.path)
     if url is not None:
         body = json.dumps({"from": args.start.isoformat(), "to": args.end.isoformat(), "format": fmt,

@@ -17,11 +17,22 @@ from typing import Any
 
 import duckdb
 
-from ledger import Ledger, LedgerError, QueryService, ScopedViews, harden, jsonable, run_query
-from processors import Settler
+from ledger import (
+    LakePublisher,
+    Ledger,
+    LedgerError,
+    QueryService,
+    ScopedViews,
+    default_instance_id,
+    harden,
+    jsonable,
+    run_query,
+)
+from processors import LinkedContext, Settler, UsageRecord, attribute_trace
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors._pricing import Pricer
 from receiver import AttributeFilter, ExportHandler, GrpcServer, HttpRequest, HttpResponse, HttpServer, Spool
+from receiver._spool import rows_to_spans
 from tenantledger.config import Config
 from tenantledger.finops import BudgetMonitor, FinopsError, QueryFn
 from tenantledger.finops._anomalies import anomalies_sql
@@ -55,7 +66,8 @@ class Service:
                 "is another `tenantledger serve` using it? Stop it or pass another --ledger",
             ) from e
         self.spool = Spool(self.con)
-        self.ledger = Ledger(self.con)
+        shared = config.ledger.shared
+        self.ledger = Ledger(self.con, outbox=shared.enabled)
         # The anomaly view bakes in the configured method parameters (README: spend anomalies).
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
@@ -78,6 +90,11 @@ class Service:
         )
         self.spool.subscribe(self.settler.on_spans)
         self.queries = QueryService(self.con)
+        # Scale-out (docs/adr/0002): settled rows are also published to the shared DuckLake.
+        self.lake: LakePublisher | None = None
+        if shared.enabled:
+            self.lake = LakePublisher(shared, self.con, shared.instance_id or default_instance_id(path),
+                                      self._resettle)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.recovered = 0
@@ -87,6 +104,8 @@ class Service:
         self.recovered = self.settler.recover()
         self.settler.start()
         self.budgets.start()
+        if self.lake is not None:
+            self.lake.start()
         self.grpc = GrpcServer(self.config.receiver, self.handler)
         self.http = HttpServer(self.config.receiver, self.handler)
         self.http.add_route("POST", "/v1/sql", self._sql_route)
@@ -128,6 +147,11 @@ class Service:
                 self.budgets.check(dt.datetime.now(dt.UTC).replace(tzinfo=None))
             except duckdb.Error:
                 log.exception("final budget check failed; it runs again at the next start")
+        if self.lake is not None:
+            try:
+                self.lake.stop()
+            except Exception:  # the outbox keeps what was not published; the next start publishes it
+                log.exception("final publish to the shared ledger failed")
         try:
             self.con.execute("CHECKPOINT")
         except duckdb.Error:
@@ -137,6 +161,17 @@ class Service:
             discovery_path(self.config.ledger.path).unlink()
         except FileNotFoundError:
             pass
+
+    def _resettle(self, rows: list[dict[str, object]]) -> list[UsageRecord]:
+        """One trace, settled from all instances' spans (a trace whose spans reached two instances)."""
+        ledger = self.ledger
+
+        class _Local:
+            def resolve(self, trace_id: str) -> LinkedContext | None:
+                return ledger.trace_contexts([trace_id]).get(trace_id)
+
+        result = attribute_trace(rows_to_spans(rows), self.config.processors.identity, _Local())
+        return [self.pricer.price(rec) for rec in result.records]
 
     # --- query API --------------------------------------------------------------------------------
 
@@ -384,6 +419,12 @@ def _health(service: Service) -> dict[str, float]:
         "gauge:spans_pending": service.settler.pending_spans,
         "gauge:settle_lag_seconds": st.last_settle_lag_s,
         "gauge:ledger_write_seconds": st.last_write_s,
+        **({
+            "counter:lake_traces_published": service.lake.stats.traces_published,
+            "counter:lake_traces_merged": service.lake.stats.traces_merged,
+            "counter:lake_publish_errors": service.lake.stats.publish_errors,
+            "gauge:lake_publish_seconds": service.lake.stats.last_publish_s,
+        } if service.lake is not None else {}),
     }
 
 

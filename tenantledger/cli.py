@@ -181,7 +181,13 @@ def print_result(result: QueryResult, fmt: str, out: Any = None) -> None:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     config = _config(args)
-    result = _query(config.ledger.path, args.query, args.token)
+    if args.lake:
+        from ledger import query_lake
+
+        r = query_lake(config.ledger.shared, args.query)
+        result = QueryResult(r.columns, r.types, [tuple(jsonable(v) for v in row) for row in r.rows], r.truncated)
+    else:
+        result = _query(config.ledger.path, args.query, args.token)
     print_result(result, args.format)
     return EXIT_OK
 
@@ -293,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("query", metavar="SQL", help="a SELECT statement")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
     q.add_argument("--token", metavar="TOKEN", help="bearer token of the query API, when the server requires one")
+    q.add_argument("--lake", action="store_true", help="query the shared ledger (ledger.shared in --config)")
     q.set_defaults(func=cmd_sql)
 
     d = sub.add_parser("demo", help="drive a server with a realistic multi-tenant workload (real OTel SDK)",

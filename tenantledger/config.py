@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ledger import SharedLedgerConfig
 from processors import ProcessorsConfig
 from processors._pricing import PricingConfig
 from receiver import ReceiverConfig
@@ -30,6 +31,8 @@ class LedgerConfig(_Strict):
     billing_account_id: str = "tenantledger"
     """FOCUS BillingAccountId of the exported rows (your platform's account)."""
     billing_account_name: str = "LLM platform"
+    shared: SharedLedgerConfig = SharedLedgerConfig()
+    """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 
 
 class ApiTokenConfig(_Strict):
