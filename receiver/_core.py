@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -31,6 +31,7 @@ class ReceiverStats:
     refused_overload: int = 0
     refused_invalid: int = 0
     refused_storage: int = 0
+    spans_rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class ExportHandler:
@@ -90,6 +91,8 @@ class ExportHandler:
         with self._lock:
             self.stats.spans_accepted += accepted
             self.stats.spans_rejected += ex.rejected
+            for reason, n in ex.rejected_by_reason.items():
+                self.stats.spans_rejected_by_reason[reason] = self.stats.spans_rejected_by_reason.get(reason, 0) + n
         return ExportOutcome(accepted, ex.rejected, ex.error_message())
 
     def _count(self, name: str) -> None:

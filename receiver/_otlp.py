@@ -102,12 +102,15 @@ class Extracted:
     status_code: list[int] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.span_id)
 
-    def reject(self, message: str) -> None:
+    def reject(self, message: str, reason: str = "invalid_span") -> None:
+        """Count one unusable span under ``reason`` (a bounded set, for /metrics) and keep its message."""
         self.rejected += 1
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         if len(self.errors) < 20:
             self.errors.append(message)
 
@@ -297,6 +300,7 @@ def _extract_span(
     sid = bytes(span.span_id)
     pid = bytes(span.parent_span_id)
     problems: list[str] = []
+    reason = ""  # the first problem's class names the rejection in /metrics
     for p in (
         _id_problem("traceId", tid, 16),
         _id_problem("spanId", sid, 8),
@@ -304,15 +308,23 @@ def _extract_span(
     ):
         if p:
             problems.append(p)
+            reason = reason or "invalid_id"
     if span.start_time_unix_nano > _MAX_NS or span.end_time_unix_nano > _MAX_NS:
         problems.append("start/end time is after the year 2262 (not representable): check the exporter's clock")
+        reason = reason or "invalid_time"
     genai = _is_genai(span.attributes)
+    before = len(problems)
     attrs = _kept_attributes(span.attributes, filt, genai, problems)
+    if len(problems) > before:
+        reason = reason or "attribute_too_long"
     if validate is not None and genai:
-        problems.extend(validate(attrs))
+        usage = validate(attrs)
+        if usage:
+            problems.extend(usage)
+            reason = reason or "invalid_usage"
     name_for_msg = span.name[:80]
     if problems:
-        out.reject(f"span {sid.hex() or '?'} ({name_for_msg!r}): " + "; ".join(problems))
+        out.reject(f"span {sid.hex() or '?'} ({name_for_msg!r}): " + "; ".join(problems), reason or "invalid_span")
         return
     events_json: str | None = None
     if genai and span.events:

@@ -41,7 +41,9 @@ class PipelineCollector(Collector):
         health: Callable[[], dict[str, float]],
         max_tenants: int = 50,
         budget_states: Callable[[], list[tuple[str, str, float]]] | None = None,
+        rejections: Callable[[], dict[str, int]] | None = None,
     ) -> None:
+        self._rejections = rejections
         self._query = query
         self._health = health
         self._max_tenants = max_tenants
@@ -67,6 +69,12 @@ class PipelineCollector(Collector):
         yield cost
         yield tokens
         yield calls
+        if self._rejections is not None:
+            by_reason = CounterMetricFamily("tenantledger_spans_rejected_by_reason",
+                                            "Spans rejected alone (OTLP partial_success), by reason", labels=["reason"])
+            for reason, n in sorted(self._rejections().items()):
+                by_reason.add_metric([reason], float(n))
+            yield by_reason
         if self._budget_states is not None:
             state = GaugeMetricFamily("tenantledger_budget_state", "Budget state: 0 ok, 1 warn, 2 over",
                                       labels=["tenant", "period"])

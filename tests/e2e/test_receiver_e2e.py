@@ -206,6 +206,14 @@ def test_bad_spans_rejected_alone_good_spans_kept(server_factory: Any) -> None:
     assert status == 200
     ps = json.loads(body)["partialSuccess"]
     assert int(ps["rejectedSpans"]) == 2 and "traceId" in ps["errorMessage"]
+    # The operator sees the rejections by reason, and the pipeline's health, in /metrics.
+    with urllib.request.urlopen(f"{srv.http}/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert 'tenantledger_spans_rejected_by_reason_total{reason="invalid_id"} 2.0' in metrics
+    assert 'tenantledger_spans_rejected_by_reason_total{reason="invalid_usage"} 2.0' in metrics
+    assert "tenantledger_spans_rejected_total 4.0" in metrics
+    for gauge in ("traces_pending", "spans_pending", "settle_lag_seconds", "ledger_write_seconds"):
+        assert f"tenantledger_{gauge} " in metrics
     assert srv.stop() == 0
     assert srv.query("SELECT count(*) FROM llm_calls") == [(2,)]
 
