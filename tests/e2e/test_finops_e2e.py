@@ -391,6 +391,15 @@ def test_scoped_token_sees_only_its_tenant_everywhere(env: Env) -> None:
     assert http(s, "/v1/export/focus", ACME, {"from": "2020-01-01", "to": "2100-01-01"})[0] == 403
     status, page = http(s, "/ui", ACME)
     assert status == 200 and 'data-tenant="acme"' in page and 'data-tenant="globex"' not in page
+    other = sql(s, "SELECT request_id FROM llm_calls WHERE tenant_id = 'globex' LIMIT 1")[0][0]
+    assert http(s, f"/ui/request/{other}", ACME)[0] == 404
+    assert http(s, f"/ui/request/{other}", OP)[0] == 200
+    for path in ("/v1/audit?from=2020-01-01&to=2100-01-01", "/v1/anomalies?from=2020-01-01&to=2100-01-01",
+                 "/v1/concentration?from=2020-01-01&to=2100-01-01&grain=all"):
+        status, doc = http(s, path, ACME)
+        assert status == 200, doc
+        text = json.dumps(doc)
+        assert "globex" not in text and "spiky" not in text and "search-indexer" not in text, path
     r = cli(s, "sql", "SELECT DISTINCT tenant_id FROM llm_calls", "--format", "csv", token=ACME)
     assert r.returncode == 0 and r.stdout.split() == ["tenant_id", "acme"]
 
