@@ -75,7 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"(recovered {service.recovered} unsettled spans)",
         flush=True,
     )
-    stop.wait()
+    # A timed wait, not stop.wait(): SIGTERM may be delivered to any of the process's threads (gRPC, DuckDB), and
+    # Python runs its handler only when the main thread next runs bytecode; an untimed wait could sleep through it.
+    while not stop.wait(0.25):
+        pass
     print("tenantledger: stopping (draining, settling, flushing the ledger)", flush=True)
     service.stop()
     print("tenantledger: stopped", flush=True)
@@ -246,7 +249,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.25):  # timed: see cmd_serve
+        pass
     service.stop()
     return EXIT_OK
 
