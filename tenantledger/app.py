@@ -49,6 +49,9 @@ class Service:
             ) from e
         self.spool = Spool(self.con)
         self.ledger = Ledger(self.con)
+        if config.receiver.memory_limit_mib:
+            # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
+            self.con.execute(f"SET memory_limit = '{max(16, int(config.receiver.memory_limit_mib / 4))}MB'")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.pricer = Pricer(config.pricing)
