@@ -52,7 +52,7 @@ class ExportHandler:
         self._slots = threading.BoundedSemaphore(config.max_inflight_requests)
         self._lock = threading.Lock()
         self._backpressure: list[str] = []
-        self._memory = MemoryLimiter(config.memory_limit_mib, config.retry_after_s)
+        self.memory = MemoryLimiter(config.memory_limit_mib, config.retry_after_s)
         self.stats = ReceiverStats()
 
     def set_backpressure(self, reason: str | None) -> None:
@@ -77,7 +77,7 @@ class ExportHandler:
                 f"tenantledger is catching up ({pressure}); retry later", retry_after_s=self._config.retry_after_s
             )
         try:
-            self._memory.check()
+            self.memory.check()
         except Overloaded:
             self._count("refused_overload")
             raise

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from receiver._errors import Overloaded
 
@@ -46,6 +47,8 @@ class MemoryLimiter:
     """Threading: ``check`` is called concurrently by the export threads."""
 
     def __init__(self, limit_mib: float | None, retry_after_s: float) -> None:
+        self.relief: list[Callable[[], None]] = []
+        """Called (at most once a second) above the soft limit: drop caches that can be rebuilt."""
         self.limit_bytes = int(limit_mib * 1024 * 1024) if limit_mib else None
         self.soft_bytes = int(self.limit_bytes * SOFT_SHARE) if self.limit_bytes else None
         self._retry_after_s = retry_after_s
@@ -70,6 +73,8 @@ class MemoryLimiter:
             if collect:
                 self._last_collect = now
         if collect:
+            for shed in self.relief:
+                shed()
             gc.collect()
             _malloc_trim()
             rss = rss_bytes()

@@ -67,6 +67,7 @@ class Service:
             config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure
         )
         self.spool.subscribe(self.settler.on_spans)
+        self.handler.memory.relief.append(self.settler.shed_cache)
         self.queries = QueryService(self.con)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None

@@ -97,6 +97,7 @@ class Outcome:
     code: grpc.StatusCode
     retry_delay_s: float | None = None
     rejected: int = 0
+    detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -108,7 +109,7 @@ def export(channel: grpc.Channel, body: bytes, timeout: float = 15) -> Outcome:
     try:
         raw = channel.unary_unary(EXPORT)(body, timeout=timeout)
     except grpc.RpcError as e:
-        return Outcome(e.code(), retry_delay(e))
+        return Outcome(e.code(), retry_delay(e), 0, e.details() or "")
     resp = ExportTraceServiceResponse()
     resp.ParseFromString(raw)
     return Outcome(grpc.StatusCode.OK, None, resp.partial_success.rejected_spans)
