@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import signal
 import sys
 import threading
@@ -48,9 +47,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tenantledger.app import Service
 
     config = _config(args)
-    logging.basicConfig(
-        level=config.service.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from tenantledger._logging import configure
+
+    configure(config.service.log_level)
     service = Service(config)
     stop = threading.Event()
 
