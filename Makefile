@@ -34,5 +34,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+## Long reliability runs: 20 SIGKILLs, 1 M-span traces, longer fuzzing and overload (each test prints figures).
+reliability: $(STAMP)
+	TENANTLEDGER_RELIABILITY=long $(BIN)/pytest -q -s tests/reliability $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -59,6 +59,9 @@ def run_query(
     con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 100_000, params: Sequence[Any] | None = None
 ) -> QueryResult:
     check_read_only(sql)
+    # The statement check alone is not enough: `EXPLAIN ANALYZE DELETE ...` is an EXPLAIN statement that runs
+    # its DELETE. A read-only transaction makes DuckDB itself refuse any write, whatever the statement says.
+    con.execute("BEGIN TRANSACTION READ ONLY")
     try:
         cur = con.execute(sql, list(params) if params else None)
         columns = [d[0] for d in cur.description or ()]
@@ -66,6 +69,8 @@ def run_query(
         rows = cur.fetchmany(max_rows + 1)
     except duckdb.Error as e:
         raise QueryError(str(e).splitlines()[0]) from e
+    finally:
+        con.execute("ROLLBACK")
     return QueryResult(columns, types, rows[:max_rows], len(rows) > max_rows)
 
 

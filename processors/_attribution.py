@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from processors._dialects import GenAIView, view_of
 from processors._record import UsageRecord
@@ -25,7 +25,7 @@ REASON_NOT_PROPAGATED = "tenant_not_propagated"  # (5) tenant present in the tra
 REASON_NONE = "no_tenant_in_trace"  # (1) one shared key, no baggage anywhere
 
 INFRA_OPERATIONS = frozenset({"embeddings", "retrieval", "rerank", "search_memory", "create_memory"})
-MAX_DEPTH = 10_000  # parent chains deeper than this are treated as cut (cyclic or hostile input)
+_ENTRY_KINDS = (SPAN_KIND_SERVER, SPAN_KIND_CONSUMER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class LinkResolver(Protocol):
     def resolve(self, trace_id: str) -> LinkedContext | None: ...
 
 
-_LinkLookup = Callable[[StagedSpan, list[StagedSpan]], tuple[LinkedContext | None, bool]]
+_LinkLookup = Callable[[StagedSpan], tuple[LinkedContext | None, bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,13 @@ def _baggage_value(header: str | None, keys: Iterable[str]) -> str | None:
 
 
 class _Trace:
-    """Indexes over one trace's spans; the first copy of a span id wins (lowest spool seq)."""
+    """Indexes over one trace's spans; the first copy of a span id wins (lowest spool seq).
+
+    Parent chains are resolved once, in O(spans): a cycle in the parent links (hostile or buggy input) is broken
+    at its smallest span id, which becomes a root, so every walk up a chain terminates and the result does not
+    depend on where a walk started. Chain-derived facts (entry span, nearest tenant, ...) are memoised per span
+    because re-walking the chain for every span made deep traces quadratic (a 10k-deep chain took seconds).
+    """
 
     def __init__(self, spans: Iterable[StagedSpan], cfg: IdentityConfig) -> None:
         self.cfg = cfg
@@ -134,31 +140,64 @@ class _Trace:
         self.spans = sorted(by_id.values(), key=lambda s: (s.start_time_unix_nano, s.span_id))
         self.by_id = by_id
         self.trace_id = self.spans[0].trace_id if self.spans else ""
+        self._parent: dict[str, str | None] = {}
+        self._missing_parent: set[str] = set()
+        for sid, s in by_id.items():
+            pid = s.parent_span_id
+            if pid is None or pid == sid:
+                self._parent[sid] = None
+            elif pid in by_id:
+                self._parent[sid] = pid
+            else:
+                self._parent[sid] = None
+                self._missing_parent.add(sid)
+        self._break_cycles()
         self._own: dict[str, _Tenant | None] = {}
         self._entry: dict[str, tuple[str, bool]] = {}
+        self._memo: dict[str, dict[str, Any]] = {}
+
+    def _break_cycles(self) -> None:
+        state: dict[str, int] = {}  # 1: on the current walk, 2: done
+        for sid in sorted(self.by_id):
+            path: list[str] = []
+            cur: str | None = sid
+            while cur is not None and cur not in state:
+                state[cur] = 1
+                path.append(cur)
+                cur = self._parent[cur]
+            if cur is not None and state[cur] == 1:
+                cycle = path[path.index(cur):]
+                self._parent[min(cycle)] = None
+            for p in path:
+                state[p] = 2
 
     def parent(self, s: StagedSpan) -> StagedSpan | None:
-        if s.parent_span_id is None or s.parent_span_id == s.span_id:
-            return None
-        return self.by_id.get(s.parent_span_id)
+        pid = self._parent[s.span_id]
+        return None if pid is None else self.by_id[pid]
 
-    def ancestors(self, s: StagedSpan) -> tuple[list[StagedSpan], bool]:
-        """Parents from nearest to farthest, and whether the chain ends at a parent we never received."""
-        out: list[StagedSpan] = []
-        seen = {s.span_id}
-        cur = s
-        while True:
-            pid = cur.parent_span_id
-            if pid is None:
-                return out, False
-            p = self.by_id.get(pid)
-            if p is None:
-                return out, True
-            if p.span_id in seen or len(out) >= MAX_DEPTH:
-                return out, False  # a cycle or a hostile depth: treat the chain as ending here
-            seen.add(p.span_id)
-            out.append(p)
-            cur = p
+    def fold(self, s: StagedSpan, name: str, step: Callable[[StagedSpan, Any], Any]) -> Any:
+        """``step(p, value of p's parent)`` from the top of s's chain down to s (None above the top), memoised
+        under ``name`` so that each span is computed once per trace."""
+        memo = self._memo.setdefault(name, {})
+        path: list[StagedSpan] = []
+        cur: StagedSpan | None = s
+        while cur is not None and cur.span_id not in memo:
+            path.append(cur)
+            cur = self.parent(cur)
+        value = memo[cur.span_id] if cur is not None else None
+        for p in reversed(path):
+            value = step(p, value)
+            memo[p.span_id] = value
+        return memo[s.span_id]
+
+    def nearest(self, s: StagedSpan, name: str, own: Callable[[StagedSpan], Any]) -> Any:
+        """The first non-None ``own(p)`` for p = s, its parent, ... (None if none)."""
+
+        def step(p: StagedSpan, above: Any) -> Any:
+            mine = own(p)
+            return above if mine is None else mine
+
+        return self.fold(s, name, step)
 
     def own_tenant(self, s: StagedSpan) -> _Tenant | None:
         if s.span_id in self._own:
@@ -182,15 +221,27 @@ class _Trace:
         hit = self._entry.get(s.span_id)
         if hit is not None:
             return hit
-        chain, cut = self.ancestors(s)
-        path = [s, *chain]
-        entry = path[-1]
+        path: list[StagedSpan] = []
+        cur: StagedSpan | None = s
+        while cur is not None and cur.span_id not in self._entry:
+            path.append(cur)
+            cur = self.parent(cur)
+        if cur is not None:
+            above: tuple[str, bool] | None = self._entry[cur.span_id]
+        else:
+            above = None
         for p in reversed(path):
-            if p.kind in (SPAN_KIND_SERVER, SPAN_KIND_CONSUMER):
-                entry = p
-                break
-        self._entry[s.span_id] = (entry.span_id, cut)
-        return entry.span_id, cut
+            if above is None:  # p is the top of its chain
+                above = (p.span_id, p.span_id in self._missing_parent)
+            else:
+                entry_id, cut = above
+                # The entry above is a SERVER/CONSUMER only if one is on the chain, and then it is the outermost
+                # one; otherwise it is the top of the chain, and p replaces it if p is a SERVER/CONSUMER.
+                if self.by_id[entry_id].kind not in _ENTRY_KINDS and p.kind in _ENTRY_KINDS:
+                    entry_id = p.span_id
+                above = (entry_id, cut)
+            self._entry[p.span_id] = above
+        return self._entry[s.span_id]
 
 
 def attribute_trace(
@@ -231,9 +282,18 @@ def attribute_trace(
 
     linked_ctx: dict[str, LinkedContext | None] = {}
 
-    def link_context(s: StagedSpan, chain: list[StagedSpan]) -> tuple[LinkedContext | None, bool]:
+    def has_foreign_links(p: StagedSpan) -> StagedSpan | None:
+        return p if any(ln.trace_id != t.trace_id for ln in p.links) else None
+
+    def link_context(s: StagedSpan) -> tuple[LinkedContext | None, bool]:
+        """The first tenanted linked context on s or its ancestors; and whether any of them has links.
+        Only the spans that carry links are visited (memoised), so deep chains stay linear."""
         has_links = False
-        for p in (s, *chain):
+        cur: StagedSpan | None = s
+        while cur is not None:
+            p = t.nearest(cur, "linked", has_foreign_links)
+            if not isinstance(p, StagedSpan):
+                break
             for ln in sorted(p.links, key=lambda x: (x.trace_id, x.span_id)):
                 if ln.trace_id == t.trace_id:
                     continue
@@ -243,6 +303,7 @@ def attribute_trace(
                 ctx = linked_ctx[ln.trace_id]
                 if ctx is not None and ctx.tenant_id is not None:
                     return ctx, True
+            cur = t.parent(p)
         return None, has_links
 
     records: list[UsageRecord] = []
@@ -264,7 +325,7 @@ def attribute_trace(
     summary_tenant = next(iter(trace_tenants)) if len(trace_tenants) == 1 else None
     summary_request = f"{t.trace_id}-{root_entry}"
     summary_user = _only(request_users.get(root_entry))
-    root_link, root_has_links = link_context(root, t.ancestors(root)[0])
+    root_link, root_has_links = link_context(root)
     if summary_tenant is None and root_link is not None:
         summary_tenant, summary_request = root_link.tenant_id, root_link.request_id
         summary_user = summary_user or root_link.user_id
@@ -282,11 +343,9 @@ def _only(values: set[str] | None) -> str | None:
 
 def _mark_ancestors(t: _Trace, s: StagedSpan, marked: set[str]) -> None:
     cur = t.parent(s)
-    depth = 0
-    while cur is not None and cur.span_id not in marked and cur.span_id != s.span_id and depth < MAX_DEPTH:
+    while cur is not None and cur.span_id not in marked:  # terminates: _Trace broke every parent cycle
         marked.add(cur.span_id)
         cur = t.parent(cur)
-        depth += 1
 
 
 def _record(
@@ -299,25 +358,34 @@ def _record(
     trace_tenants: set[str],
     link_context: _LinkLookup,
 ) -> UsageRecord:
-    chain, cut = t.ancestors(s)
-    entry_id, _ = t.entry(s)
+    entry_id, cut = t.entry(s)
     request_id = f"{t.trace_id}-{entry_id}"
     tenant: str | None = None
     source: str | None = None
-    invalid = False
-    chain_tenants: set[str] = set()
-    # 1-3: the span itself (attributes, metadata), its resource, then the nearest ancestor.
-    for depth, p in enumerate((s, *chain)):
+
+    def valid_tenant(p: StagedSpan) -> str | None:
         own = t.own_tenant(p)
-        if own is None:
-            continue
-        if own.invalid:
-            invalid = True
-            continue
-        assert own.value is not None
-        chain_tenants.add(own.value)
-        if tenant is None:
-            tenant, source = own.value, (own.source if depth == 0 else "ancestor")
+        return own.value if own is not None else None
+
+    def any_invalid(p: StagedSpan, above: Any) -> bool:
+        own = t.own_tenant(p)
+        return bool(above) or (own is not None and own.invalid)
+
+    def two_tenants(p: StagedSpan, above: Any) -> frozenset[str]:
+        # Only "more than one distinct tenant on the chain" matters, so at most two are carried down.
+        value = valid_tenant(p)
+        seen: frozenset[str] = above or frozenset()
+        return seen if value is None or len(seen) >= 2 else seen | {value}
+
+    # 1-3: the span itself (attributes, metadata), its resource, then the nearest ancestor.
+    own = t.own_tenant(s)
+    if own is not None and own.value is not None:
+        tenant, source = own.value, own.source
+    else:
+        tenant = t.nearest(s, "tenant", valid_tenant)
+        source = "ancestor" if tenant is not None else None
+    invalid = bool(t.fold(s, "invalid", any_invalid))
+    chain_tenants: frozenset[str] = t.fold(s, "tenants", two_tenants)
     reason: str | None = None
     # 4: the originating request (a sibling branch of the same request carried it).
     if tenant is None:
@@ -327,7 +395,7 @@ def _record(
         elif len(candidates) > 1:
             reason = REASON_CONFLICT
     # 5: span links (a job's trace linked to the request that enqueued it).
-    ctx, has_links = link_context(s, chain)
+    ctx, has_links = link_context(s)
     if ctx is not None:
         request_id = ctx.request_id  # roll the job up to the originating user request
         if tenant is None and reason is None:
@@ -352,14 +420,22 @@ def _record(
         else:
             reason = REASON_NONE
 
-    def chain_value(keys: tuple[str, ...], request_values: dict[str, set[str]] | None = None) -> str | None:
-        for p in (s, *chain):
+    def own_value(keys: tuple[str, ...]) -> Callable[[StagedSpan], str | None]:
+        def own(p: StagedSpan) -> str | None:
             raw = _first(p.attributes, keys)
             if raw is None:
                 md = _metadata(p.attributes, cfg)
                 raw = _first(md, keys) if md else None
             if raw is not None and not isinstance(raw, bool | list):
                 return str(raw)[: cfg.max_tenant_id_length]
+            return None
+
+        return own
+
+    def chain_value(keys: tuple[str, ...], request_values: dict[str, set[str]] | None = None) -> str | None:
+        found: str | None = t.nearest(s, f"value:{keys}", own_value(keys))
+        if found is not None:
+            return found
         raw = _first(s.resource_attributes, keys)
         if raw is not None and not isinstance(raw, bool | list):
             return str(raw)[: cfg.max_tenant_id_length]
@@ -378,7 +454,7 @@ def _record(
     dedup_key = f"{v.provider or '?'}:{v.response_id}" if v.response_id else None
     # Among spans reporting the same call: the one with usage, then the one closest to the wire (the
     # provider SDK's HTTP span: OpenLLMetry over-counts streamed Anthropic output by one), then the deepest.
-    rank = (0 if usage else 100) + (0 if wire else 10) + (0 if chain else 1)
+    rank = (0 if usage else 100) + (0 if wire else 10) + (0 if t.parent(s) is not None else 1)
     is_aggregate = usage and v.role != "inference"
     return UsageRecord(
         trace_id=t.trace_id,

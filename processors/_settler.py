@@ -93,6 +93,7 @@ class Settler:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # one settle at a time (thread vs flush)
         self._pressure = False
+        self._shed = threading.Event()
         self.stats = SettlerStats()
 
     # --- input --------------------------------------------------------------------------------------
@@ -117,6 +118,10 @@ class Settler:
             self._pressure = over
             if self._on_pressure is not None:
                 self._on_pressure(f"{self.pending_spans} spans waiting to settle" if over else None)
+
+    def shed_cache(self) -> None:
+        """Memory pressure: forget the settled-trace cache at the next tick (late spans then re-read the spool)."""
+        self._shed.set()
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -170,6 +175,9 @@ class Settler:
 
     def run_once(self, *, force: bool = False) -> int:
         with self._lock:
+            if self._shed.is_set():
+                self._shed.clear()
+                self._cache.clear()
             now = self._clock()
             with self._inbox_lock:
                 batches = list(self._inbox)

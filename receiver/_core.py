@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from receiver._errors import Overloaded, Unauthenticated
+from receiver._memory import MemoryLimiter
 from receiver._otlp import AttributeFilter, SpanValidator, extract
 from receiver._spool import Spool
 from receiver.config import ReceiverConfig
@@ -52,6 +53,7 @@ class ExportHandler:
         self._slots = threading.BoundedSemaphore(config.max_inflight_requests)
         self._lock = threading.Lock()
         self._backpressure: list[str] = []
+        self.memory = MemoryLimiter(config.memory_limit_mib, config.retry_after_s)
         self.stats = ReceiverStats()
 
     def set_backpressure(self, reason: str | None) -> None:
@@ -75,6 +77,11 @@ class ExportHandler:
             raise Overloaded(
                 f"tenantledger is catching up ({pressure}); retry later", retry_after_s=self._config.retry_after_s
             )
+        try:
+            self.memory.check()
+        except Overloaded:
+            self._count("refused_overload")
+            raise
         if not self._slots.acquire(blocking=False):
             self._count("refused_overload")
             raise Overloaded(

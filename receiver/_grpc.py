@@ -71,7 +71,10 @@ class GrpcServer:
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=config.max_inflight_requests * 2,
+            # gRPC's own limit answers RESOURCE_EXHAUSTED *without* RetryInfo, which the Collector's exporter
+            # treats as permanent (data dropped): keep it far above max_inflight_requests so that overload is
+            # refused by ExportHandler, with RetryInfo. It stays as a guard against connection floods.
+            maximum_concurrent_rpcs=max(1024, config.max_inflight_requests * 4),
         )
         add = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
         add(_TraceService(handler), self._server)  # type: ignore[no-untyped-call]

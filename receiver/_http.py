@@ -100,7 +100,9 @@ class HttpServer:
             server_version = "tenantledger"
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-                log.debug("http %s", format % args)
+                # The request line is client-controlled: escaped (the stdlib escapes it, but only in the
+                # method this overrides).
+                log.debug("http %s", ascii(format % args))
 
             def do_POST(self) -> None:  # noqa: N802 (stdlib name)
                 outer._dispatch(self, "POST")

@@ -155,6 +155,9 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidRequest(f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        # Deeply nested JSON is malformed for OTLP; uncaught, it became a retryable 503 retried forever.
+        raise InvalidRequest("request body is JSON nested too deeply to be an OTLP request") from e
     if not isinstance(doc, dict):
         raise InvalidRequest("OTLP/JSON body must be an object with a 'resourceSpans' array")
     for rs in _as_list(doc.get("resourceSpans") or doc.get("resource_spans")):
@@ -174,7 +177,7 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(doc, req, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as e:
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as e:
         raise InvalidRequest(f"request body is not a valid OTLP/JSON ExportTraceServiceRequest: {e}") from e
     return req
 

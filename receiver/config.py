@@ -68,6 +68,8 @@ class ReceiverConfig(_Strict):
     max_inflight_requests: int = Field(default=64, gt=0)
     """Requests being decoded or committed at once; more are refused retryably (backpressure)."""
     retry_after_s: float = Field(default=1.0, gt=0)
+    memory_limit_mib: float | None = Field(default=None, gt=0)
+    """Resident memory of the process above which (80% of it) exports are refused retryably; None: no limit."""
     grpc_workers: int = Field(default=8, gt=0)
     accept_export_baggage: bool = False
     """Keep the W3C ``baggage`` header of the OTLP export request itself as a last-resort tenant source."""

@@ -72,6 +72,9 @@ class Service:
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
         self.budgets = BudgetMonitor(config.budgets, self.con.cursor())
+        if config.receiver.memory_limit_mib:
+            # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
+            self.con.execute(f"SET memory_limit = '{max(16, int(config.receiver.memory_limit_mib / 4))}MB'")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})
@@ -89,6 +92,7 @@ class Service:
             config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure
         )
         self.spool.subscribe(self.settler.on_spans)
+        self.handler.memory.relief.append(self.settler.shed_cache)
         self.queries = QueryService(self.con)
         # Scale-out (docs/adr/0002): settled rows are also published to the shared DuckLake.
         self.lake: LakePublisher | None = None

@@ -10,7 +10,6 @@ import csv
 import datetime as dt
 import faulthandler
 import json
-import logging
 import signal
 import sys
 import threading
@@ -52,9 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tenantledger.app import Service
 
     config = _config(args)
-    logging.basicConfig(
-        level=config.service.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from tenantledger._logging import configure
+
+    configure(config.service.log_level)
     service = Service(config)
     stop = threading.Event()
     # `kill -USR1 <pid>` prints every thread's stack: how an operator (or a test) sees where a stop is stuck.
@@ -224,7 +223,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         target, ui = args.target, None
     else:
         config = _config(args)
-        logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from tenantledger._logging import configure
+
+        configure("warning")
         service = Service(config)
         try:
             ep = service.start()
