@@ -35,7 +35,11 @@ from tests.reliability._harness import (
 LOAD_S = 10.0 if LONG else 2.5
 
 
-def _deliver(srv: DrainedServer, pending: list[Request], deadline_s: float = 120) -> None:
+# The long run refuses ~4x more requests than the short one, each re-sent sequentially after its advertised delay.
+CATCH_UP_S = 400.0 if LONG else 120.0
+
+
+def _deliver(srv: DrainedServer, pending: list[Request], deadline_s: float = CATCH_UP_S) -> None:
     """Send until acknowledged, honouring the advertised retry delay (what an exporter does)."""
     end = time.time() + deadline_s
     with grpc.insecure_channel(srv.grpc) as ch:
