@@ -137,6 +137,22 @@ def send_spike(target: str) -> tuple[int, dt.datetime]:
     return calls, spike_hour.replace(tzinfo=None)
 
 
+def send_one(target: str, tenant: str, input_tokens: int) -> None:
+    """One gpt-4o call for ``tenant`` now, through the real SDK and exporter."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "late-app"}))
+    provider.add_span_processor(BaggageToAttributes())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=target, insecure=True)))
+    tracer = provider.get_tracer("tests.live")
+    ctx = baggage.set_baggage("tenant.id", tenant)
+    with tracer.start_as_current_span("POST /ask", context=ctx, kind=SpanKind.SERVER):
+        with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT, attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": 10}):
+            pass
+    provider.force_flush()
+    provider.shutdown()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("finops")
@@ -445,6 +461,15 @@ def test_dashboard_in_headless_chromium_matches_ledger(env: Env) -> None:
             states = page.locator("[data-testid=budget-state]").all_inner_texts()
             assert "over" in states
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            # Live: new traffic shows up on the open page without a reload (the page re-fetches itself).
+            before = kpi.get_attribute("data-usd")
+            send_one(s.grpc, "acme", 400_000)  # gpt-4o input at $2.50/M: +$1.00 and a little output
+            page.wait_for_function(
+                f"document.querySelector('[data-testid=kpi-total]').dataset.usd !== '{before}'", timeout=30_000)
+            live = Decimal(sql(s, "SELECT coalesce(sum(effective_cost), 0) FROM llm_calls WHERE start_time >= "
+                                  "CAST(? AS TIMESTAMP)", [since])[0][0])
+            assert live > total + 1
+            assert Decimal(page.locator("[data-testid=kpi-total]").get_attribute("data-usd") or "") == live
             # Drill into a request: its calls, cost and how the tenant was found.
             link = page.locator("[data-testid=recent-requests] a").first
             request_id = (link.get_attribute("href") or "").rsplit("/", 1)[1]
