@@ -77,8 +77,10 @@ class Spool:
         self._reader = con.cursor()
         self._read_lock = threading.Lock()
         self._con.execute(STAGING_DDL)
-        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM staging_spans").fetchone()
-        self._next_seq = int(row[0]) + 1 if row else 1
+        # fetchall, not fetchone: a result left unconsumed keeps this cursor's transaction open, and an open
+        # transaction makes the shutdown CHECKPOINT fail.
+        rows = self._con.execute("SELECT coalesce(max(seq), 0) FROM staging_spans").fetchall()
+        self._next_seq = int(rows[0][0]) + 1 if rows else 1
         self._lock = threading.Lock()
         self._listeners: list[SpanListener] = []
 

@@ -157,9 +157,10 @@ class Service:
             except Exception:  # the outbox keeps what was not published; the next start publishes it
                 log.exception("final publish to the shared ledger failed")
         try:
-            self.con.execute("CHECKPOINT")
-        except duckdb.Error:
-            log.warning("checkpoint at shutdown failed; the WAL will be replayed at next start")
+            # Every writer has stopped; FORCE only ends the idle read transactions cursors may still hold.
+            self.con.execute("FORCE CHECKPOINT")
+        except duckdb.Error as e:
+            log.warning("checkpoint at shutdown failed (%s); the WAL will be replayed at next start", e)
         self.con.close()
         try:
             discovery_path(self.config.ledger.path).unlink()

@@ -72,6 +72,9 @@ def test_real_sdk_exporters_grpc_and_http_reach_the_ledger(server_factory: Any) 
 
     _sdk_send(GrpcExporter(endpoint=srv.grpc, insecure=True, compression=Compression.Gzip), "tenant-gzip", 3)
     assert srv.stop() == 0
+    # A clean stop checkpoints: everything is in the ledger file itself, no write-ahead log left to replay.
+    assert not srv.ledger.with_name(srv.ledger.name + ".wal").exists()
+    assert "checkpoint at shutdown failed" not in "".join(srv.output)
     rows = dict(srv.query("SELECT tenant_id, count(*) FROM llm_calls GROUP BY 1"))
     assert rows == {"tenant-grpc": 5, "tenant-http": 7, "tenant-gzip": 3}
     assert srv.query("SELECT count(*) FROM staging_spans")[0][0] == 30
