@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 from _load import machine
 
@@ -107,10 +108,10 @@ def _measure(ledger: str, what: str, out_dir: str) -> None:
             "GROUP BY tenant_id ORDER BY cost DESC LIMIT 20", [MONTH_START, MONTH_END]).fetchall()
         result = {"rows": len(rows), "first": rows[0][0] if rows else None}
     else:
-        fmt = "csv" if what == "focus_csv" else "parquet"
+        fmt: Literal["csv", "parquet"] = "csv" if what == "focus_csv" else "parquet"
         target = Path(out_dir) / ("focus.csv" if fmt == "csv" else "focus")
         s = export_focus(con, target, start=MONTH_START, end=MONTH_END, billing_account_id="bench",
-                         billing_account_name="bench", fmt=fmt)  # type: ignore[arg-type]
+                         billing_account_name="bench", fmt=fmt)
         effective, _ = ledger_totals(con, MONTH_START, MONTH_END)
         result = {"rows": s.rows, "reconciles": abs(s.effective_cost - effective) < 1}
     elapsed = time.perf_counter() - t0
