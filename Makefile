@@ -38,5 +38,11 @@ unit: $(STAMP)
 reliability: $(STAMP)
 	TENANTLEDGER_RELIABILITY=long $(BIN)/pytest -q -s tests/reliability $(PYTEST_ARGS)
 
+## Full-size benchmarks (minutes; figures in bench/README.md). `make unit` runs only their smoke tests.
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/queries.py
+	$(BIN)/python bench/budget_check.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from receiver._errors import InvalidRequest, RequestTooLarge
-from receiver._model import AttrValue
+from receiver._model import AttrValue, SpanEvent, SpanLink
 
 # Attribute families that mark a span as GenAI (semconv gen_ai.*, OpenLLMetry llm.*/traceloop.*,
 # OpenInference llm.*/openinference.*/embedding.*, Vercel AI SDK ai.*).
@@ -100,6 +100,12 @@ class Extracted:
     events: list[str | None] = field(default_factory=list)
     links: list[str | None] = field(default_factory=list)
     status_code: list[int] = field(default_factory=list)
+    # The same values as Python objects (what the JSON columns above encode), so the spool can publish the
+    # committed spans without decoding its own JSON again; read back after a restart, they compare equal.
+    attribute_dicts: list[dict[str, AttrValue]] = field(default_factory=list)
+    resource_dicts: list[dict[str, AttrValue]] = field(default_factory=list)
+    event_tuples: list[tuple[SpanEvent, ...]] = field(default_factory=list)
+    link_tuples: list[tuple[SpanLink, ...]] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -275,7 +281,7 @@ def extract(
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None
             for span in ss.spans:
-                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json)
+                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json, res_attrs)
     return out
 
 
@@ -298,6 +304,7 @@ def _extract_span(
     scope_name: str | None,
     scope_version: str | None,
     res_json: str,
+    res_attrs: dict[str, AttrValue],
 ) -> None:
     tid = bytes(span.trace_id)
     sid = bytes(span.span_id)
@@ -330,6 +337,7 @@ def _extract_span(
         out.reject(f"span {sid.hex() or '?'} ({name_for_msg!r}): " + "; ".join(problems), reason or "invalid_span")
         return
     events_json: str | None = None
+    event_tuple: tuple[SpanEvent, ...] = ()
     if genai and span.events:
         kept_events: list[dict[str, Any]] = []
         for ev in span.events:
@@ -342,8 +350,11 @@ def _extract_span(
             if ev_attrs or "stream" in lname or "token" in lname:
                 kept_events.append({"name": ev.name, "time_unix_nano": int(ev.time_unix_nano), "attributes": ev_attrs})
         if kept_events:
-            events_json = json.dumps(kept_events[-MAX_EVENTS_KEPT:], separators=(",", ":"), default=str)
+            kept_events = json.loads(json.dumps(kept_events[-MAX_EVENTS_KEPT:], default=str))  # JSON-exact
+            events_json = json.dumps(kept_events, separators=(",", ":"), default=str)
+            event_tuple = tuple(SpanEvent(e["name"], e["time_unix_nano"], e["attributes"]) for e in kept_events)
     links_json: str | None = None
+    link_tuple: tuple[SpanLink, ...] = ()
     if span.links:
         kept_links = []
         for ln in span.links:
@@ -353,7 +364,9 @@ def _extract_span(
             link_attrs = {kv.key: any_value(kv.value) for kv in ln.attributes if kv.key in filt.identity_keys}
             kept_links.append({"trace_id": ltid.hex(), "span_id": lsid.hex(), "attributes": link_attrs})
         if kept_links:
+            kept_links = json.loads(json.dumps(kept_links, default=str))  # JSON-exact, as read back
             links_json = json.dumps(kept_links, separators=(",", ":"), default=str)
+            link_tuple = tuple(SpanLink(x["trace_id"], x["span_id"], x["attributes"]) for x in kept_links)
     out.trace_id.append(tid.hex())
     out.span_id.append(sid.hex())
     out.parent_span_id.append(pid.hex() if pid else None)
@@ -369,3 +382,7 @@ def _extract_span(
     out.events.append(events_json)
     out.links.append(links_json)
     out.status_code.append(int(span.status.code))
+    out.attribute_dicts.append(attrs)
+    out.resource_dicts.append(res_attrs)
+    out.event_tuples.append(event_tuple)
+    out.link_tuples.append(link_tuple)

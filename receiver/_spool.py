@@ -135,7 +135,7 @@ class Spool:
                 raise StorageUnavailable(f"could not commit spans to the ledger file: {e}") from e
             self._next_seq = first + n
             if self._listeners:
-                spans = rows_to_spans(table.to_pylist())
+                spans = _published(ex, first, export_baggage)
                 for listener in self._listeners:
                     listener(spans)
         return n
@@ -164,6 +164,21 @@ class Spool:
             finally:
                 cur.unregister("_want")
         return rows_to_spans(rows)
+
+
+def _published(ex: Extracted, first: int, export_baggage: str | None) -> list[StagedSpan]:
+    """The committed spans as listeners receive them: the same values a read-back would give, built from the
+    extracted objects (decoding our own JSON again cost more than extracting it)."""
+    return [
+        StagedSpan(
+            seq=first + i, trace_id=ex.trace_id[i], span_id=ex.span_id[i], parent_span_id=ex.parent_span_id[i],
+            name=ex.name[i], kind=ex.kind[i], start_time_unix_nano=ex.start_ns[i], end_time_unix_nano=ex.end_ns[i],
+            service_name=ex.service_name[i], scope_name=ex.scope_name[i], scope_version=ex.scope_version[i],
+            attributes=ex.attribute_dicts[i], resource_attributes=ex.resource_dicts[i], events=ex.event_tuples[i],
+            links=ex.link_tuples[i], export_baggage=export_baggage, status_code=ex.status_code[i],
+        )
+        for i in range(len(ex))
+    ]
 
 
 def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

@@ -1,0 +1,356 @@
+"""Benchmark load: realistic gen_ai OTLP traces pre-serialized into ExportTraceServiceRequest bytes, and a
+load-client process that sends them over gRPC (at full speed or at a fixed rate) and reports latencies.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+SPANS_PER_REQUEST = 512
+TENANTS = [f"tenant-{i:03d}" for i in range(50)]
+# (provider, request model, response model): catalogue models, so every call is priced like production.
+MODELS = [
+    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+    ("openai", "gpt-4o", "gpt-4o-2024-08-06"),
+    ("anthropic", "claude-3-5-sonnet-latest", "claude-3-5-sonnet-20241022"),
+    ("anthropic", "claude-3-5-haiku-latest", "claude-3-5-haiku-20241022"),
+]
+FEATURES = ["chat", "summarise", "search", "agent"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    requests: int
+    trace_size: int = 10
+    """Spans per trace: one SERVER root plus trace_size-1 LLM CLIENT children (1 = a lone LLM call)."""
+    spans_per_request: int = SPANS_PER_REQUEST
+    seed: int = 1
+
+    @property
+    def spans(self) -> int:
+        return self.requests * self.spans_per_request
+
+    @property
+    def traces(self) -> int:
+        return -(-self.spans // self.trace_size)
+
+    @property
+    def llm_calls(self) -> int:
+        """LLM spans among the sent spans (each is one billable call)."""
+        full, rest = divmod(self.spans, self.trace_size)
+        per = self.trace_size - 1 if self.trace_size > 1 else 1
+        tail = (rest - 1 if rest > 1 else 0) if self.trace_size > 1 else rest
+        return full * per + tail
+
+
+def _kv(key: str, value: Any) -> Any:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    if isinstance(value, bool):
+        v = AnyValue(bool_value=value)
+    elif isinstance(value, int):
+        v = AnyValue(int_value=value)
+    elif isinstance(value, float):
+        v = AnyValue(double_value=value)
+    elif isinstance(value, list):
+        v = AnyValue()
+        for item in value:
+            v.array_value.values.add(string_value=item)
+    else:
+        v = AnyValue(string_value=value)
+    return KeyValue(key=key, value=v)
+
+
+def build_requests(w: Workload) -> list[bytes]:
+    """The serialized requests of a workload; ids and response ids are unique per (seed, position)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    rnd = random.Random(w.seed)
+    base_ns = time.time_ns() - 3_600_000_000_000
+    out: list[bytes] = []
+    span_no = 0
+    trace_no = 0
+    root_id = b""
+    tenant = user = feature = ""
+    seed_tag = _trace_tag(w.seed)
+    for _ in range(w.requests):
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend(
+            [
+                _kv("service.name", "chat-api"),
+                _kv("service.version", "2.14.0"),
+                _kv("service.instance.id", "9f1c0e7a-1d2b-4c3e-8f90-0a1b2c3d4e5f"),
+                _kv("deployment.environment.name", "production"),
+                _kv("telemetry.sdk.language", "python"),
+                _kv("telemetry.sdk.name", "opentelemetry"),
+                _kv("telemetry.sdk.version", "1.36.0"),
+            ]
+        )
+        ss = rs.scope_spans.add()
+        ss.scope.name = "opentelemetry.instrumentation.openai_v2"
+        ss.scope.version = "2.1b0"
+        for _ in range(w.spans_per_request):
+            pos = span_no % w.trace_size
+            if pos == 0:
+                trace_no += 1
+                tenant = rnd.choice(TENANTS)
+                user = f"user-{rnd.randrange(1000)}"
+                feature = rnd.choice(FEATURES)
+            trace_id = seed_tag + trace_no.to_bytes(12, "big")
+            span_id = (span_no + 1).to_bytes(8, "big")
+            start = base_ns + span_no * 1_000_000
+            sp = ss.spans.add()
+            sp.trace_id = trace_id
+            sp.span_id = span_id
+            sp.start_time_unix_nano = start
+            sp.end_time_unix_nano = start + 850_000_000
+            if pos == 0 and w.trace_size > 1:
+                root_id = span_id
+                sp.name = "POST /v1/chat"
+                sp.kind = Span.SPAN_KIND_SERVER
+                sp.attributes.extend(
+                    [
+                        _kv("http.request.method", "POST"),
+                        _kv("http.route", "/v1/chat"),
+                        _kv("http.response.status_code", 200),
+                        _kv("url.scheme", "https"),
+                        _kv("server.address", "api.example.com"),
+                        _kv("user_agent.original", "example-mobile/5.2"),
+                        _kv("tenant.id", tenant),
+                        _kv("user.id", user),
+                        _kv("feature", feature),
+                    ]
+                )
+            else:
+                provider, req_model, resp_model = rnd.choice(MODELS)
+                if w.trace_size > 1:
+                    sp.parent_span_id = root_id
+                sp.name = f"chat {req_model}"
+                sp.kind = Span.SPAN_KIND_CLIENT
+                inp = rnd.randrange(50, 4000)
+                sp.attributes.extend(
+                    [
+                        _kv("gen_ai.operation.name", "chat"),
+                        _kv("gen_ai.provider.name", provider),
+                        _kv("gen_ai.request.model", req_model),
+                        _kv("gen_ai.response.model", resp_model),
+                        _kv("gen_ai.response.id", f"resp-{w.seed:08x}-{span_no:09d}"),
+                        _kv("gen_ai.usage.input_tokens", inp),
+                        _kv("gen_ai.usage.output_tokens", rnd.randrange(10, 800)),
+                        _kv("gen_ai.usage.cache_read.input_tokens", inp // 4),
+                        _kv("gen_ai.request.temperature", 0.2),
+                        _kv("gen_ai.request.max_tokens", 1024),
+                        _kv("gen_ai.response.finish_reasons", ["stop"]),
+                        _kv("server.address", "api.openai.com" if provider == "openai" else "api.anthropic.com"),
+                        _kv("server.port", 443),
+                        _kv("tenant.id", tenant),
+                        _kv("user.id", user),
+                    ]
+                )
+            span_no += 1
+        out.append(req.SerializeToString())
+    return out
+
+
+def _trace_tag(seed: int) -> bytes:
+    # Trace ids start with the seed, so restamping a request only has to swap these fixed-width bytes.
+    return b"\xb7" + seed.to_bytes(3, "big")
+
+
+def restamp(body: bytes, old_seed: int, new_seed: int) -> bytes:
+    """The same request with fresh trace ids and response ids (new traces, new calls), without re-serializing:
+    the seed appears only as the prefix of each trace_id field (tag 0x0a, length 16) and of each response id."""
+    old_t, new_t = b"\x0a\x10" + _trace_tag(old_seed), b"\x0a\x10" + _trace_tag(new_seed)
+    old_r, new_r = f"resp-{old_seed:08x}-".encode(), f"resp-{new_seed:08x}-".encode()
+    return body.replace(old_t, new_t).replace(old_r, new_r)
+
+
+# --- the client process ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientResult:
+    sent_requests: int = 0
+    sent_spans: int = 0
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+    t_start: float = 0.0
+    t_end: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    rejected_spans: int = 0
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.t_end - self.t_start
+
+
+def _send_all(
+    target: str,
+    requests: list[bytes],
+    spans_per_request: int,
+    concurrency: int,
+    rate_rps: float | None,
+    stamps: list[tuple[int, int]],
+    duration_s: float | None,
+) -> ClientResult:
+    """Send ``requests`` once per (old seed, new seed) stamp, at most ``concurrency`` in flight, paced at
+    ``rate_rps`` when given, stopping early after ``duration_s``. Retryable refusals are retried after 50 ms."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    res = ClientResult()
+    opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(target, options=opts) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        # Bytes in, bytes out: the client must not spend its time serializing (requests are pre-built).
+        export = ch.unary_unary(EXPORT_METHOD)
+        slots = threading.BoundedSemaphore(concurrency)
+        lock = threading.Lock()
+        done = threading.Event()
+        outstanding = [0]
+        all_sent = [False]
+
+        def send(body: bytes, t0: float) -> None:
+            fut = export.future(body, timeout=300)
+
+            def on_done(f: Any) -> None:
+                try:
+                    resp_bytes = f.result()
+                except grpc.RpcError as e:
+                    if e.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                        with lock:
+                            res.retries += 1
+                        threading.Timer(0.05, send, (body, t0)).start()
+                        return
+                    with lock:
+                        res.errors.append(f"{e.code().name}: {e.details()}")
+                else:
+                    lat = time.monotonic() - t0
+                    resp = ExportTraceServiceResponse.FromString(resp_bytes)
+                    with lock:
+                        res.latencies_s.append(lat)
+                        res.sent_requests += 1
+                        res.sent_spans += spans_per_request
+                        res.rejected_spans += resp.partial_success.rejected_spans
+                slots.release()
+                with lock:
+                    outstanding[0] -= 1
+                    if outstanding[0] == 0 and all_sent[0]:
+                        done.set()
+
+            fut.add_done_callback(on_done)
+
+        res.t_start = time.monotonic()
+        i = 0
+        for old, new in stamps:
+            for base in requests:
+                now = time.monotonic()
+                if duration_s is not None and now - res.t_start >= duration_s:
+                    break
+                if rate_rps is not None:
+                    delay = res.t_start + i / rate_rps - now
+                    if delay > 0:
+                        time.sleep(delay)
+                body = base if old == new else restamp(base, old, new)
+                slots.acquire()
+                with lock:
+                    outstanding[0] += 1
+                send(body, time.monotonic())
+                i += 1
+        with lock:
+            all_sent[0] = True
+            if outstanding[0] == 0:
+                done.set()
+        done.wait()
+        res.t_end = time.monotonic()
+    return res
+
+
+def _client_main(conn: Any, workloads: list[Workload], cpus: set[int] | None) -> None:
+    """Child process: build every workload first (untimed), report ready, then run each send command."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+    built = [build_requests(w) for w in workloads]
+    conn.send(("ready", [len(b) for b in built]))
+    next_seed = 0x100000  # above every workload's own seed: restamped traces never collide with other runs
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "stop":
+            return
+        _, index, target, concurrency, rate_rps, rounds, duration_s = cmd
+        w = workloads[index]
+        stamps = [(w.seed, w.seed)] if rounds == 0 else [(w.seed, next_seed + r) for r in range(rounds)]
+        next_seed += max(rounds, 0)
+        conn.send(_send_all(target, built[index], w.spans_per_request, concurrency, rate_rps, stamps, duration_s))
+
+
+class LoadClient:
+    """A separate process holding pre-serialized workloads; ``run`` sends one of them and waits for the result."""
+
+    def __init__(self, workloads: list[Workload], cpus: set[int] | None = None) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_client_main, args=(child, workloads, cpus), daemon=True)
+        self._proc.start()
+        msg = self._conn.recv()
+        assert msg[0] == "ready", msg
+
+    def run(
+        self,
+        index: int,
+        target: str,
+        *,
+        concurrency: int = 8,
+        rate_rps: float | None = None,
+        rounds: int = 0,
+        duration_s: float | None = None,
+    ) -> ClientResult:
+        """Send workload ``index``: as built (rounds=0, once per client), or ``rounds`` times with fresh ids."""
+        self._conn.send(("run", index, target, concurrency, rate_rps, rounds, duration_s))
+        result: ClientResult = self._conn.recv()
+        return result
+
+    def close(self) -> None:
+        try:
+            self._conn.send(("stop",))
+        except OSError:
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> str:
+    import platform
+
+    import duckdb
+
+    return (
+        f"nproc={os.cpu_count()} python={platform.python_version()} duckdb={duckdb.__version__} "
+        f"({platform.machine()}, {platform.system()})"
+    )

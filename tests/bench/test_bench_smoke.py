@@ -1,0 +1,61 @@
+"""Smoke runs of the benchmarks at a tiny size, so they cannot rot: each completes and prints sane figures
+(everything sent was acknowledged and settled; the query figures come from the generated data). No timings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+BENCH = REPO / "bench"
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _rate(out: str, label: str) -> float:
+    m = re.search(re.escape(label) + r": ([\d,]+) spans/s", out)
+    assert m, (label, out)
+    return float(m.group(1).replace(",", ""))
+
+
+def test_baseline_smoke() -> None:
+    out = _run("baseline.py", "--requests", "2", "--rounds", "2")
+    assert "nproc=" in out
+    assert "baseline (1 core): 2048 spans" in out
+    assert _rate(out, "2048 spans in 512-span requests") > 0
+
+
+def test_ingest_smoke() -> None:
+    # ingest.py itself fails (exit != 0) unless every span is acknowledged, settled (sum of traces.span_count ==
+    # spans sent) and, after SIGTERM, llm_calls holds exactly one priced row per LLM span sent.
+    # The baseline phase is skipped here: test_baseline_smoke runs the same code.
+    out = _run("ingest.py", "--requests", "2", "--rounds", "1", "--scaling-requests", "2", "--duration-s", "2",
+               "--skip-baseline")
+    assert _rate(out, "ingest 1 core") > 0
+    assert re.search(r"ratio 2 cores / 1 core: \d+\.\d\d", out)
+    assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", out)
+    assert re.search(r"spans/s by spans per trace \(1 core\): 1: [\d,]+, 10: [\d,]+, 100: [\d,]+, 1000: [\d,]+", out)
+    assert re.search(r"RSS over 2 s at 80% load .* MiB", out)
+
+
+def test_queries_smoke() -> None:
+    out = _run("queries.py", "--calls", "20000", "--tenants", "50")
+    assert "generated 20,000 calls" in out
+    assert re.search(r"tenant_total: [\d.]+ s .*'calls': [1-9]", out)
+    assert re.search(r"top20: [\d.]+ s .*'rows': 20", out)
+    for fmt in ("focus_csv", "focus_parquet"):
+        assert re.search(fmt + r": [\d.]+ s .*'reconciles': True", out), out
+
+
+def test_budget_check_smoke() -> None:
+    out = _run("budget_check.py", "--calls", "20000", "--tenants", "50", "--checks", "20")
+    m = re.search(r"budget_check: calls=20000 tenants=50 generate_s=\S+ p50_ms=([\d.]+) p99_ms=([\d.]+)", out)
+    assert m, out
+    assert float(m.group(1)) <= float(m.group(2))
