@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from importlib.metadata import version
 from typing import Any, Literal
 
-from genai_prices import Usage, calc_price
+from genai_prices import Usage, data_snapshot
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors._record import ComponentPrice, UsageRecord
@@ -130,7 +130,8 @@ class Pricer:
         self._cfg = config
         self._source = f"genai-prices {version('genai-prices')} bundled"
         self._lock = threading.Lock()
-        self._cache: dict[tuple[Any, ...], _Quote | str] = {}
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._linear: dict[tuple[Any, ...], tuple[str, ComponentPrice, str]] = {}
 
     def price(self, record: UsageRecord) -> UsageRecord:
         cfg = self._cfg
@@ -178,8 +179,50 @@ class Pricer:
             effective_rates=eff_rates or ComponentPrice(), price_source=source, priced_model=quote.model,
         )
 
+    def _calc(self, usage: Usage, model: str, pid: str | None, when: dt.datetime, ctx: Any) -> Any:
+        """genai-prices' calc_price, with its model lookup memoised: matching a model name against the catalogue
+        was a quarter of the settle thread's time (bench/README.md), and its answer depends only on the name,
+        the provider and the catalogue snapshot. The price itself is still computed per call, at its timestamp."""
+        snap = data_snapshot.get_snapshot()
+        key = (model, pid, id(snap))
+        found = self._cache.get(key)
+        if found is None:
+            try:
+                found = snap.find_provider_model(model, None, pid, None)
+            except LookupError as e:
+                found = e
+            with self._lock:
+                if len(self._cache) > 10_000:  # bounded: model names are attacker-influenced span attributes
+                    self._cache.clear()
+                self._cache[key] = found
+        if isinstance(found, LookupError):
+            raise found
+        provider, m = found
+        return m.calc_price(usage, provider, genai_request_timestamp=when,
+                            auto_update_timestamp=snap.timestamp if snap.from_auto_update else None,
+                            price_context=ctx)
+
     def _catalogue(self, provider: str | None, model: str, inp: int, cr: int, cw: int, out: int,
                    when: dt.datetime, batch: bool, tier: str | None) -> _Quote | str:
+        """The catalogue's price of one call. Where the model's four token prices are flat (no tiers) the price is
+        linear in the token counts, so the rates found for (model, provider, context, minute) are reused for the
+        next calls of that minute: genai-prices' per-call usage decomposition was most of the settle thread's CPU
+        (bench/README.md). Price periods and time-of-day prices change on minute boundaries."""
+        key = (model, provider, tier, batch, when.replace(second=0, microsecond=0))
+        hit = self._linear.get(key)
+        if hit is not None:
+            model_id, rates, source = hit
+            return _Quote(_cost((inp - cr - cw, cr, cw, out), rates), rates, model_id, source)
+        quote, linear = self._catalogue_call(provider, model, inp, cr, cw, out, when, batch, tier)
+        if linear and isinstance(quote, _Quote) and quote.rates is not None:
+            with self._lock:
+                if len(self._linear) > 50_000:
+                    self._linear.clear()
+                self._linear[key] = (quote.model, quote.rates, quote.source)
+        return quote
+
+    def _catalogue_call(self, provider: str | None, model: str, inp: int, cr: int, cw: int, out: int,
+                        when: dt.datetime, batch: bool, tier: str | None) -> tuple[_Quote | str, bool]:
         pid = provider_id_for(provider, self._cfg.provider_map)
         ctx: dict[str, str] = {}
         if tier in ("flex", "priority"):
@@ -187,23 +230,28 @@ class Pricer:
         if batch:
             ctx["processing"] = "batch"
         try:
-            calc = calc_price(Usage(input_tokens=inp, cache_read_tokens=cr, cache_write_tokens=cw, output_tokens=out),
-                              model, provider_id=pid, genai_request_timestamp=when, price_context=ctx or None)
+            usage = Usage(input_tokens=inp, cache_read_tokens=cr, cache_write_tokens=cw, output_tokens=out)
+            calc = self._calc(usage, model, pid, when, ctx or None)
             std = calc
             if batch:
-                std = calc_price(Usage(input_tokens=inp, cache_read_tokens=cr, cache_write_tokens=cw,
-                                       output_tokens=out), model, provider_id=pid, genai_request_timestamp=when,
-                                 price_context={k: v for k, v in ctx.items() if k != "processing"} or None)
+                std = self._calc(usage, model, pid, when,
+                                 {k: v for k, v in ctx.items() if k != "processing"} or None)
         except LookupError:
             return (f"model {model!r} of provider {provider or '?'!r} is not in the price catalogue: add a "
-                    f"pricing.overrides entry for model '{model}'")
+                    f"pricing.overrides entry for model '{model}'"), False
         except ValueError as e:
-            return f"usage cannot be priced: {e}"
+            return f"usage cannot be priced: {e}", False
         mp = calc.model_price
+        linear = _flat(mp) and _flat(std.model_price)
+        input_rate = _rate(mp.input_mtok, inp)
+        # A model without a cache price bills cache tokens as input tokens: record that rate, so the FOCUS rows
+        # (quantity x unit price per token type) add up to the call's cost.
+        read_rate = _rate(mp.cache_read_mtok, inp)
+        write_rate = _rate(mp.cache_write_mtok, inp)
         rates: ComponentPrice | None = ComponentPrice(
-            input_per_mtok=_rate(mp.input_mtok, inp),
-            cache_read_per_mtok=_rate(mp.cache_read_mtok, inp) if cr else _rate(mp.cache_read_mtok, inp),
-            cache_write_per_mtok=_rate(mp.cache_write_mtok, inp),
+            input_per_mtok=input_rate,
+            cache_read_per_mtok=read_rate if read_rate is not None else input_rate,
+            cache_write_per_mtok=write_rate if write_rate is not None else input_rate,
             output_per_mtok=_rate(mp.output_mtok, inp),
         )
         total = Decimal(str(calc.total_price))
@@ -220,17 +268,28 @@ class Pricer:
             total = total * factor
             source += f"; batch -{self._cfg.batch_discount_pct}%"
         cost = _cost((inp - cr - cw, cr, cw, out), rates) if rates else _q(total)
-        return _Quote(cost, rates, calc.model.id, source)
+        return _Quote(cost, rates, calc.model.id, source), linear
+
+
+_TOKEN_PRICES = ("input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok")
+
+
+def _flat(model_price: Any) -> bool:
+    """True when none of the four token prices is tiered: the call's price is then linear in its token counts."""
+    return all(isinstance(getattr(model_price, f, None), Decimal | int | float | type(None)) for f in _TOKEN_PRICES)
 
 
 def _cost(qty: tuple[int, int, int, int], rates: ComponentPrice) -> Decimal:
     """Sum of quantity × rate per component, exact, then rounded once to the ledger's 12 decimals."""
-    parts = (rates.input_per_mtok, rates.cache_read_per_mtok, rates.cache_write_per_mtok, rates.output_per_mtok)
+    # Cache tokens of a model with no cache price are input tokens at the input price (as genai-prices bills them).
+    inp = rates.input_per_mtok
+    read = rates.cache_read_per_mtok if rates.cache_read_per_mtok is not None else inp
+    write = rates.cache_write_per_mtok if rates.cache_write_per_mtok is not None else inp
+    parts = (inp, read, write, rates.output_per_mtok)
     total = Decimal(0)
     for n, r in zip(qty, parts, strict=True):
-        if n:
-            # A component with tokens but no catalogue rate falls back to the input/output rate class.
-            total += Decimal(n) * (r if r is not None else Decimal(0)) / _MTOK
+        if n and r is not None:
+            total += Decimal(n) * r / _MTOK
     return _q(total)
 
 

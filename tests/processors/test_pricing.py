@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from processors import ComponentPrice, UsageRecord
@@ -136,3 +138,29 @@ def test_config_errors_name_the_key() -> None:
 def test_deterministic() -> None:
     p = Pricer(PricingConfig())
     assert dataclasses.astuple(p.price(rec())) == dataclasses.astuple(p.price(rec()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from([("openai", "gpt-4o-mini-2024-07-18"), ("openai", "gpt-4o"), ("anthropic",
+                           "claude-3-5-haiku-20241022"), ("anthropic", "claude-sonnet-4-20250514"),
+                           ("google", "gemini-1.5-pro"), ("openai", "o3-mini")]),
+    uncached=st.integers(0, 400_000), cache_read=st.integers(0, 200_000), cache_write=st.integers(0, 50_000),
+    out=st.integers(0, 50_000), minute=st.integers(0, 3), batch=st.booleans(),
+)
+def test_reused_rates_price_exactly_like_the_catalogue(model: tuple[str, str], uncached: int, cache_read: int,
+                                                       cache_write: int, out: int, minute: int, batch: bool) -> None:
+    """The per-minute rate reuse must give the price a fresh catalogue lookup gives, for any token counts
+    (including tiered models, which are never reused)."""
+    provider, name = model
+    at = int(dt.datetime(2026, 3, 2, 10, minute, 17, tzinfo=dt.UTC).timestamp() * 1e9)
+    r = rec(provider=provider, request_model=name, response_model=name, input_tokens=uncached + cache_read +
+            cache_write, cache_read_tokens=cache_read, cache_write_tokens=cache_write, output_tokens=out,
+            start_time_unix_nano=at, batch=batch)
+    warm = SHARED_PRICER.price(r)  # a pricer that has seen many calls of this minute
+    fresh = Pricer(PricingConfig()).price(r)
+    assert (warm.list_cost, warm.effective_cost, warm.pricing_status) == \
+        (fresh.list_cost, fresh.effective_cost, fresh.pricing_status)
+
+
+SHARED_PRICER = Pricer(PricingConfig())
