@@ -92,7 +92,7 @@ def _measure(ledger: str, what: str, out_dir: str) -> None:
     from ledger import open_read_only
     from ledger._focus import export_focus, ledger_totals
 
-    con = open_read_only(Path(ledger))
+    con = open_read_only(Path(ledger), 1024)  # the default ledger.duckdb_memory_limit_mib, as `export` uses
     t0 = time.perf_counter()
     result: object
     if what == "tenant_total":

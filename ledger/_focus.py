@@ -7,7 +7,6 @@ types: input (uncached input), cache_read, cache_write, output (reasoning includ
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 # Display names: (ServiceProviderName = who we pay, ServiceName). ServiceName maps to one ServiceCategory.
@@ -182,27 +182,6 @@ def _select(start: dt.date, end: dt.date) -> tuple[str, list[Any]]:
     return sql, [start, end]
 
 
-def csv_cell(name: str, value: Any) -> str:
-    """FOCUS CSV formatting: UTC 'YYYY-MM-DDTHH:MM:SSZ', decimals always with a point, NULL as empty, and
-    OWASP CSV-injection neutralisation (a leading quote) for text that a spreadsheet would run as a formula."""
-    if value is None:
-        return ""
-    if name in _TIME:
-        assert isinstance(value, dt.datetime)
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(value, Decimal):
-        text = format(value, "f")
-        return text if "." in text else text + ".0"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    if text.startswith(_FORMULA_START):
-        return "'" + text
-    return text
-
-
 def export_focus(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -224,7 +203,11 @@ def export_focus(
     try:
         if db is not None:  # a new cursor starts in the default database; stay in the caller's (e.g. the lake)
             cur.execute(f'USE "{db[0]}"')
-        cur.execute(sql, [billing_account_id, billing_account_name, *params])
+        args = [billing_account_id, billing_account_name, *params]
+        if fmt == "csv":
+            described = cur.execute(f"SELECT * FROM ({sql}) LIMIT 0", args).description or ()
+            sql = f"SELECT {', '.join(_csv_expr(d[0], str(d[1])) for d in described)} FROM ({sql})"
+        cur.execute(sql, args)
         summary = ExportSummary(progress=progress)
         if fmt == "csv":
             _write_csv(cur, path, summary, batch_rows)
@@ -240,21 +223,38 @@ def _tally(summary: ExportSummary, batch: pa.RecordBatch) -> None:
     if summary.progress is not None:
         summary.progress(summary.rows)
     for col, attr in (("BilledCost", "billed_cost"), ("EffectiveCost", "effective_cost"), ("ListCost", "list_cost")):
-        total = sum((v for v in batch.column(col).to_pylist() if v is not None), Decimal(0))
+        total = sum((Decimal(v) for v in batch.column(col).to_pylist() if v is not None), Decimal(0))
         setattr(summary, attr, getattr(summary, attr) + total)
+
+
+def _csv_expr(name: str, type_name: str) -> str:
+    """One column of the CSV, formatted by DuckDB — UTC 'YYYY-MM-DDTHH:MM:SSZ', decimals always with a point,
+    NULL as empty, and OWASP CSV-injection neutralisation (a leading quote) for text a spreadsheet would run as a
+    formula — vectorised, so a month of
+    FOCUS rows is written in seconds instead of a Python call per cell."""
+    c = '"' + name + '"'
+    t = type_name.upper()
+    if t.startswith("TIMESTAMP"):
+        return f"strftime({c}, '%Y-%m-%dT%H:%M:%SZ') AS {c}"
+    if t.startswith("DECIMAL") and t.replace(" ", "").endswith(",0)"):
+        return f"CAST({c} AS VARCHAR) || '.0' AS {c}"  # FOCUS decimals always carry a point
+    if t == "BOOLEAN":
+        return f"CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END AS {c}"
+    if t == "VARCHAR":
+        starts = ", ".join(f"chr({ord(ch)})" for ch in _FORMULA_START)
+        quote = "''''"  # SQL for a single quote character
+        return f"CASE WHEN left({c}, 1) IN ({starts}) THEN {quote} || {c} ELSE {c} END AS {c}"
+    return f"CAST({c} AS VARCHAR) AS {c}"
 
 
 def _write_csv(cur: duckdb.DuckDBPyConnection, path: Path, summary: ExportSummary, batch_rows: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     reader = cur.to_arrow_reader(batch_rows)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
+    with path.open("wb") as f:
+        f.write((",".join(COLUMNS) + "\n").encode())
         for batch in reader:
             _tally(summary, batch)
-            cols = [batch.column(c).to_pylist() for c in COLUMNS]
-            for i in range(batch.num_rows):
-                w.writerow([csv_cell(name, cols[j][i]) for j, name in enumerate(COLUMNS)])
+            pacsv.write_csv(batch, f, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     summary.paths.append(path)
 
 

@@ -85,7 +85,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+def open_read_only(path: Path, memory_limit_mib: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open a ledger file that no server holds, read-only and hardened."""
     if not path.exists():
         raise LedgerNotFound(f"no ledger at {path}", "pass --ledger PATH, or start `tenantledger serve` first")
@@ -96,6 +96,8 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
             f"the ledger {path} is held by a running server: {str(e).splitlines()[0]}",
             "query through the server: it must write its discovery file next to the ledger",
         ) from e
+    if memory_limit_mib is not None:
+        con.execute(f"SET memory_limit = '{int(memory_limit_mib)}MB'")
     harden(con)
     return con
 

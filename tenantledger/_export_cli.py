@@ -106,7 +106,7 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
             _unpack(archive, out)
             _report(summary, out)
             return 0
-    con = open_read_only(config.ledger.path)
+    con = open_read_only(config.ledger.path, config.ledger.duckdb_memory_limit_mib)
     try:
         total = con.execute("SELECT count(*) FROM focus WHERE ChargePeriodStart >= ? AND ChargePeriodStart < ?",
                             [args.start, args.end]).fetchone()

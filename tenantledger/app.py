@@ -72,9 +72,11 @@ class Service:
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
         self.budgets = BudgetMonitor(config.budgets, self.con.cursor())
+        duckdb_mib = config.ledger.duckdb_memory_limit_mib
         if config.receiver.memory_limit_mib:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
-            self.con.execute(f"SET memory_limit = '{max(16, int(config.receiver.memory_limit_mib / 4))}MB'")
+            duckdb_mib = min(duckdb_mib, max(16, int(config.receiver.memory_limit_mib / 4)))
+        self.con.execute(f"SET memory_limit = '{duckdb_mib}MB'")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})

@@ -31,6 +31,9 @@ class LedgerConfig(_Strict):
     billing_account_id: str = "tenantledger"
     """FOCUS BillingAccountId of the exported rows (your platform's account)."""
     billing_account_name: str = "LLM platform"
+    duckdb_memory_limit_mib: int = Field(default=1024, ge=64)
+    """Cap of DuckDB's buffer cache in `serve` and in `export` (larger queries spill to `<ledger>.tmp`), so the
+    process's memory stays flat however large the ledger grows."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 
