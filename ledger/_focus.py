@@ -198,7 +198,7 @@ def export_focus(
     ``progress`` is called with the rows written so far after each batch."""
     fmt = fmt or ("parquet" if path.suffix != ".csv" else "csv")
     sql, params = _select(start, end)
-    db = con.execute("SELECT current_database()").fetchone()
+    db = next(iter(con.execute("SELECT current_database()").fetchall()), None)
     cur = con.cursor()
     try:
         if db is not None:  # a new cursor starts in the default database; stay in the caller's (e.g. the lake)
@@ -288,8 +288,7 @@ def ledger_totals(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date) 
         "SELECT coalesce(sum(effective_cost), 0), coalesce(sum(list_cost), 0) FROM calls "
         "WHERE NOT is_duplicate AND start_time >= ? AND start_time < ?",
         [start, end],
-    ).fetchone()
-    assert row is not None
+    ).fetchall()[0]
     return Decimal(row[0]), Decimal(row[1])
 
 

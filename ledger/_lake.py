@@ -210,7 +210,7 @@ def check_lake_query(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     for stmt in duckdb.extract_statements(sql):
         if stmt.type == duckdb.StatementType.EXPLAIN:
             continue
-        row = con.execute("SELECT json_serialize_sql(?)", [stmt.query]).fetchone()
+        row = next(iter(con.execute("SELECT json_serialize_sql(?)", [stmt.query]).fetchall()), None)
         tree = json.loads(row[0]) if row else {"error": True}
         if tree.get("error"):
             raise QueryError("this query cannot be checked for the shared ledger; simplify it",
@@ -284,7 +284,7 @@ class LakePublisher:
             pass
 
     def backlog(self) -> int:
-        row = self._local.execute("SELECT count(*) FROM lake_outbox").fetchone()
+        row = next(iter(self._local.execute("SELECT count(*) FROM lake_outbox").fetchall()), None)
         return int(row[0]) if row else 0
 
     def _loop(self) -> None:

@@ -105,8 +105,8 @@ class Ledger:
         if outbox:
             # Traces settled but not yet published to the shared ledger (ledger._lake), written in the same
             # transaction as the rows; a newer version means the trace was re-settled after being read.
-            existed = self._con.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'lake_outbox'").fetchone()
+            existed = next(iter(self._con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'lake_outbox'").fetchall()), None)
             self._con.execute("CREATE SEQUENCE IF NOT EXISTS lake_outbox_version")
             self._con.execute("CREATE TABLE IF NOT EXISTS lake_outbox (trace_id VARCHAR PRIMARY KEY, "
                               "version BIGINT NOT NULL)")
@@ -117,7 +117,8 @@ class Ledger:
 
     def watermark(self) -> int:
         with self._lock:
-            row = self._con.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchone()
+            rows = self._con.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall()
+            row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
     def _ids(self, name: str, ids: Sequence[str]) -> None:

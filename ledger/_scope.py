@@ -34,7 +34,7 @@ def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
 
 
 def _serialize(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
-    row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    row = next(iter(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()), None)
     tree = json.loads(row[0]) if row else {"error": True}
     if tree.get("error"):
         raise QueryError(f"SQL does not parse: {tree.get('error_message', 'unknown error')}")
@@ -67,8 +67,7 @@ def rewrite(con: duckdb.DuckDBPyConnection, sql: str, allowed: Sequence[str]) ->
             raise QueryError(f"{name!r} is not available to a tenant-scoped token",
                              f"query one of: {', '.join(sorted(n for n in names if n != _BASE))}")
         node["table_name"] = PREFIX + name
-    row = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchone()
-    assert row is not None
+    row = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchall()[0]
     return str(row[0])
 
 

@@ -109,7 +109,7 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
     con = open_read_only(config.ledger.path, config.ledger.duckdb_memory_limit_mib)
     try:
         total = con.execute("SELECT count(*) FROM focus WHERE ChargePeriodStart >= ? AND ChargePeriodStart < ?",
-                            [args.start, args.end]).fetchone()
+                            [args.start, args.end]).fetchall()[0]
         bar = progress_bar("exporting")
         s = export_to(con, out, args.start, args.end, fmt, config.ledger.billing_account_id,
                       config.ledger.billing_account_name, lambda done: bar(done, int(total[0]) if total else 0))
