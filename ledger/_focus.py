@@ -205,8 +205,9 @@ def export_focus(
             cur.execute(f'USE "{db[0]}"')
         args = [billing_account_id, billing_account_name, *params]
         if fmt == "csv":
-            described = cur.execute(f"SELECT * FROM ({sql}) LIMIT 0", args).description or ()
-            sql = f"SELECT {', '.join(_csv_expr(d[0], str(d[1])) for d in described)} FROM ({sql})"
+            # Column types from the view's definition: describing the query itself would run its aggregation.
+            types = {str(r[0]): str(r[1]) for r in cur.execute("DESCRIBE focus").fetchall()}
+            sql = f"SELECT {', '.join(_csv_expr(c, types.get(c, 'VARCHAR')) for c in COLUMNS)} FROM ({sql})"
         cur.execute(sql, args)
         summary = ExportSummary(progress=progress)
         if fmt == "csv":
