@@ -41,28 +41,49 @@ _PROVIDERS = [
 _PROVIDER_VALUES = ", ".join(f"('{k}', '{n}', '{s}')" for k, n, s in _PROVIDERS)
 
 # One row per call and token component; NULL rates mean the call could not be priced.
-_COMPONENTS = """
-    SELECT c.*, t.token_type, t.quantity, t.list_rate, t.effective_rate
-    FROM calls c, LATERAL (VALUES
-        ('input', c.input_tokens - coalesce(c.cache_read_tokens, 0) - coalesce(c.cache_write_tokens, 0),
-         c.list_input_per_mtok, c.effective_input_per_mtok),
-        ('cache_read', c.cache_read_tokens, c.list_cache_read_per_mtok, c.effective_cache_read_per_mtok),
-        ('cache_write', c.cache_write_tokens, c.list_cache_write_per_mtok, c.effective_cache_write_per_mtok),
-        ('output', c.output_tokens, c.list_output_per_mtok, c.effective_output_per_mtok)
-    ) t(token_type, quantity, list_rate, effective_rate)
-    WHERE NOT c.is_duplicate AND c.list_cost IS NOT NULL AND coalesce(t.quantity, 0) > 0
+# Calls first grouped with all their rates (10 M calls -> a few hundred thousand groups), then unpivoted into token
+# components: unpivoting every call first made the export's aggregation four times larger (bench/README.md).
+_GROUPED = """
+    SELECT date_trunc('day', start_time) AS day, tenant_id, coalesce(provider, 'unknown') AS provider,
+           coalesce(priced_model, response_model, request_model, 'unknown') AS model, pricing_status,
+           list_input_per_mtok, effective_input_per_mtok, list_cache_read_per_mtok, effective_cache_read_per_mtok,
+           list_cache_write_per_mtok, effective_cache_write_per_mtok, list_output_per_mtok, effective_output_per_mtok,
+           min(price_source) AS price_source, min(unattributed_reason) AS unattributed_reason,
+           sum(input_tokens - coalesce(cache_read_tokens, 0) - coalesce(cache_write_tokens, 0))
+               FILTER (WHERE input_tokens - coalesce(cache_read_tokens, 0) - coalesce(cache_write_tokens, 0) > 0)
+               AS q_input,
+           count(*) FILTER (WHERE input_tokens - coalesce(cache_read_tokens, 0) - coalesce(cache_write_tokens, 0) > 0)
+               AS n_input,
+           sum(cache_read_tokens) FILTER (WHERE cache_read_tokens > 0) AS q_cache_read,
+           count(*) FILTER (WHERE cache_read_tokens > 0) AS n_cache_read,
+           sum(cache_write_tokens) FILTER (WHERE cache_write_tokens > 0) AS q_cache_write,
+           count(*) FILTER (WHERE cache_write_tokens > 0) AS n_cache_write,
+           sum(output_tokens) FILTER (WHERE output_tokens > 0) AS q_output,
+           count(*) FILTER (WHERE output_tokens > 0) AS n_output
+    FROM calls WHERE NOT is_duplicate AND list_cost IS NOT NULL GROUP BY ALL
+"""
+
+# One row per group and token component with tokens; NULL rates mean the call could not be priced.
+_COMPONENTS = f"""
+    SELECT g.day, g.tenant_id, g.provider, g.model, g.pricing_status, g.price_source, g.unattributed_reason,
+           t.token_type, t.quantity, t.list_rate, t.effective_rate, t.calls
+    FROM ({_GROUPED}) g, LATERAL (VALUES
+        ('input', g.q_input, g.list_input_per_mtok, g.effective_input_per_mtok, g.n_input),
+        ('cache_read', g.q_cache_read, g.list_cache_read_per_mtok, g.effective_cache_read_per_mtok, g.n_cache_read),
+        ('cache_write', g.q_cache_write, g.list_cache_write_per_mtok, g.effective_cache_write_per_mtok,
+         g.n_cache_write),
+        ('output', g.q_output, g.list_output_per_mtok, g.effective_output_per_mtok, g.n_output)
+    ) t(token_type, quantity, list_rate, effective_rate, calls)
+    WHERE t.calls > 0
 """
 
 FOCUS_VIEW_SQL = f"""
 CREATE OR REPLACE VIEW focus AS
 WITH prov(key, pname, sname) AS (VALUES {_PROVIDER_VALUES}),
 priced AS (
-    SELECT date_trunc('day', start_time) AS day, tenant_id, coalesce(provider, 'unknown') AS provider,
-           coalesce(priced_model, response_model, request_model, 'unknown') AS model, token_type,
-           list_rate, effective_rate, pricing_status, min(price_source) AS price_source,
-           CAST(sum(quantity) AS DECIMAL(38, 0)) AS quantity,
-           count(*) AS calls, count(DISTINCT request_id) AS requests,
-           min(unattributed_reason) AS unattributed_reason
+    SELECT day, tenant_id, provider, model, token_type, list_rate, effective_rate, pricing_status,
+           min(price_source) AS price_source, CAST(sum(quantity) AS DECIMAL(38, 0)) AS quantity,
+           CAST(sum(calls) AS BIGINT) AS calls, min(unattributed_reason) AS unattributed_reason
     FROM ({_COMPONENTS}) GROUP BY ALL
 ),
 unpriced AS (
@@ -72,7 +93,7 @@ unpriced AS (
            coalesce(response_model, request_model, 'unknown') AS model, 'unpriced' AS token_type,
            CAST(NULL AS DECIMAL(38, 12)) AS list_rate, CAST(NULL AS DECIMAL(38, 12)) AS effective_rate,
            pricing_status, NULL AS price_source, CAST(NULL AS DECIMAL(38, 0)) AS quantity,
-           count(*) AS calls, count(DISTINCT request_id) AS requests, min(unattributed_reason) AS unattributed_reason,
+           count(*) AS calls, min(unattributed_reason) AS unattributed_reason,
            sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS unpriced_tokens
     FROM calls WHERE NOT is_duplicate AND list_cost IS NULL GROUP BY ALL
 ),
@@ -133,7 +154,6 @@ SELECT
     model AS x_Model,
     token_type AS x_TokenType,
     calls AS x_CallCount,
-    requests AS x_RequestCount,
     pricing_status AS x_PricingStatus,
     price_source AS x_PriceSource,
     unpriced_tokens AS x_UnpricedTokens,
@@ -153,7 +173,7 @@ FOCUS_COLUMNS = [
     "SkuId", "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags",
 ]
 X_COLUMNS = [
-    "x_TenantId", "x_Provider", "x_Model", "x_TokenType", "x_CallCount", "x_RequestCount", "x_PricingStatus",
+    "x_TenantId", "x_Provider", "x_Model", "x_TokenType", "x_CallCount", "x_PricingStatus",
     "x_PriceSource", "x_UnpricedTokens", "x_UnattributedReason",
 ]
 COLUMNS = FOCUS_COLUMNS + X_COLUMNS
