@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from importlib.metadata import version
 from typing import Any, Literal
 
-from genai_prices import Usage, data_snapshot
+from genai_prices import Usage, calc_price
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors._record import ComponentPrice, UsageRecord
@@ -124,13 +124,12 @@ class _Quote:
 
 
 class Pricer:
-    """Threading: stateless after construction except a lock-protected cache; safe from any thread."""
+    """Threading: stateless after construction except the lock-protected rate cache; safe from any thread."""
 
     def __init__(self, config: PricingConfig) -> None:
         self._cfg = config
         self._source = f"genai-prices {version('genai-prices')} bundled"
         self._lock = threading.Lock()
-        self._cache: dict[tuple[Any, ...], Any] = {}
         self._linear: dict[tuple[Any, ...], tuple[str, ComponentPrice, str]] = {}
 
     def price(self, record: UsageRecord) -> UsageRecord:
@@ -179,28 +178,9 @@ class Pricer:
             effective_rates=eff_rates or ComponentPrice(), price_source=source, priced_model=quote.model,
         )
 
-    def _calc(self, usage: Usage, model: str, pid: str | None, when: dt.datetime, ctx: Any) -> Any:
-        """genai-prices' calc_price, with its model lookup memoised: matching a model name against the catalogue
-        was a quarter of the settle thread's time (bench/README.md), and its answer depends only on the name,
-        the provider and the catalogue snapshot. The price itself is still computed per call, at its timestamp."""
-        snap = data_snapshot.get_snapshot()
-        key = (model, pid, id(snap))
-        found = self._cache.get(key)
-        if found is None:
-            try:
-                found = snap.find_provider_model(model, None, pid, None)
-            except LookupError as e:
-                found = e
-            with self._lock:
-                if len(self._cache) > 10_000:  # bounded: model names are attacker-influenced span attributes
-                    self._cache.clear()
-                self._cache[key] = found
-        if isinstance(found, LookupError):
-            raise found
-        provider, m = found
-        return m.calc_price(usage, provider, genai_request_timestamp=when,
-                            auto_update_timestamp=snap.timestamp if snap.from_auto_update else None,
-                            price_context=ctx)
+    @staticmethod
+    def _calc(usage: Usage, model: str, pid: str | None, when: dt.datetime, ctx: Any) -> Any:
+        return calc_price(usage, model, provider_id=pid, genai_request_timestamp=when, price_context=ctx)
 
     def _catalogue(self, provider: str | None, model: str, inp: int, cr: int, cw: int, out: int,
                    when: dt.datetime, batch: bool, tier: str | None) -> _Quote | str:
