@@ -115,7 +115,12 @@ def _rate(price: Any, total_input: int) -> Decimal | None:
     return base
 
 
-@dataclasses.dataclass(frozen=True)
+_MINUTE_NS = 60_000_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NO_RATES = ComponentPrice()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Quote:
     cost: Decimal
     rates: ComponentPrice | None
@@ -133,35 +138,48 @@ class Pricer:
         self._linear: dict[tuple[Any, ...], tuple[str, ComponentPrice, str]] = {}
 
     def price(self, record: UsageRecord) -> UsageRecord:
+        """A priced copy of ``record``."""
+        out = dataclasses.replace(record)
+        self.price_into(out)
+        return out
+
+    def price_into(self, record: UsageRecord) -> None:
+        """Fill the pricing fields of a record the caller owns (the settler: fresh from attribution). In place
+        because copying a 43-field record per call was a measurable share of the settle CPU (bench/README.md)."""
         cfg = self._cfg
+        record.currency = cfg.currency
         if record.usage_status == "missing" or record.input_tokens is None and record.output_tokens is None:
-            return dataclasses.replace(
-                record, currency=cfg.currency, pricing_status="usage_missing",
-                pricing_reason="the span reported no token usage (e.g. a stream without include_usage)",
-            )
+            record.pricing_status = "usage_missing"
+            record.pricing_reason = "the span reported no token usage (e.g. a stream without include_usage)"
+            return
         model = record.response_model or record.request_model
         if not model:
-            return dataclasses.replace(record, currency=cfg.currency, pricing_status="unpriced",
-                                       pricing_reason="the span names no model (gen_ai.request.model)")
+            record.pricing_status = "unpriced"
+            record.pricing_reason = "the span names no model (gen_ai.request.model)"
+            return
         inp = record.input_tokens or 0
         cr = record.cache_read_tokens or 0
         cw = record.cache_write_tokens or 0
         out = record.output_tokens or 0
         qty = (inp - cr - cw, cr, cw, out)
-        override = next((o for o in cfg.overrides if o.matches(record.provider, model)), None)
-        when = dt.datetime.fromtimestamp(record.start_time_unix_nano / 1e9, dt.UTC)
-        quote = self._catalogue(record.provider, model, inp, cr, cw, out, when, record.batch, record.service_tier)
+        override = next((o for o in cfg.overrides if o.matches(record.provider, model)), None) \
+            if cfg.overrides else None
+        quote = self._catalogue(record.provider, model, inp, cr, cw, out, record.start_time_unix_nano,
+                                record.batch, record.service_tier)
         if isinstance(quote, str):
             if override is None or override.applies_to != "list_and_effective":
-                return dataclasses.replace(record, currency=cfg.currency, pricing_status="unpriced",
-                                           pricing_reason=quote)
+                record.pricing_status = "unpriced"
+                record.pricing_reason = quote
+                return
             rates = _override_rates(override, None)
             cost = _cost(qty, rates)
-            return dataclasses.replace(
-                record, currency=cfg.currency, pricing_status="contract", list_cost=cost, effective_cost=cost,
-                list_rates=rates, effective_rates=rates, price_source=f"override:{override.model}",
-                priced_model=model, pricing_reason=None,
-            )
+            record.pricing_status = "contract"
+            record.list_cost = record.effective_cost = cost
+            record.list_rates = record.effective_rates = rates
+            record.price_source = f"override:{override.model}"
+            record.priced_model = model
+            record.pricing_reason = None
+            return
         eff_cost, eff_rates, status, source = quote.cost, quote.rates, "priced", quote.source
         if override is not None:
             if override.discount_pct is not None:
@@ -172,27 +190,31 @@ class Pricer:
                 eff_rates = _override_rates(override, quote.rates)
                 eff_cost = _cost(qty, eff_rates)
             status, source = "contract", f"{quote.source}; override:{override.model}"
-        return dataclasses.replace(
-            record, currency=cfg.currency, pricing_status=status, pricing_reason=None, list_cost=quote.cost,
-            effective_cost=eff_cost, list_rates=quote.rates or ComponentPrice(),
-            effective_rates=eff_rates or ComponentPrice(), price_source=source, priced_model=quote.model,
-        )
+        record.pricing_status = status
+        record.pricing_reason = None
+        record.list_cost = quote.cost
+        record.effective_cost = eff_cost
+        record.list_rates = quote.rates or _NO_RATES
+        record.effective_rates = eff_rates or _NO_RATES
+        record.price_source = source
+        record.priced_model = quote.model
 
     @staticmethod
     def _calc(usage: Usage, model: str, pid: str | None, when: dt.datetime, ctx: Any) -> Any:
         return calc_price(usage, model, provider_id=pid, genai_request_timestamp=when, price_context=ctx)
 
     def _catalogue(self, provider: str | None, model: str, inp: int, cr: int, cw: int, out: int,
-                   when: dt.datetime, batch: bool, tier: str | None) -> _Quote | str:
+                   start_ns: int, batch: bool, tier: str | None) -> _Quote | str:
         """The catalogue's price of one call. Where the model's four token prices are flat (no tiers) the price is
         linear in the token counts, so the rates found for (model, provider, context, minute) are reused for the
         next calls of that minute: genai-prices' per-call usage decomposition was most of the settle thread's CPU
         (bench/README.md). Price periods and time-of-day prices change on minute boundaries."""
-        key = (model, provider, tier, batch, when.replace(second=0, microsecond=0))
+        key = (model, provider, tier, batch, start_ns // _MINUTE_NS)
         hit = self._linear.get(key)
         if hit is not None:
             model_id, rates, source = hit
             return _Quote(_cost((inp - cr - cw, cr, cw, out), rates), rates, model_id, source)
+        when = _EPOCH + dt.timedelta(microseconds=start_ns // 1000)  # exact, unlike a float timestamp
         quote, linear = self._catalogue_call(provider, model, inp, cr, cw, out, when, batch, tier)
         if linear and isinstance(quote, _Quote) and quote.rates is not None:
             with self._lock:

@@ -20,8 +20,11 @@ class ComponentPrice:
     output_per_mtok: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageRecord:
+    """One billable call. Not ``frozen`` (a frozen ``__init__`` costs ~0.1 us a field, 43 fields, every call): the
+    pricer fills the pricing fields of a record fresh from attribution; treat it as immutable after that."""
+
     trace_id: str
     span_id: str
     request_id: str

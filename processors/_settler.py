@@ -255,8 +255,8 @@ class Settler:
         results: list[TraceResult] = []
         for tid in order:
             r = attribute_trace(spans_by_trace[tid].values(), self._cfg.identity, resolver)
-            priced = tuple(self._pricer.price(rec) for rec in r.records)
-            r = TraceResult(r.summary, priced)
+            for rec in r.records:  # fresh from attribution: ours to fill in
+                self._pricer.price_into(rec)
             summaries[tid] = r.summary
             results.append(r)
 

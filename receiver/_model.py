@@ -33,9 +33,10 @@ class SpanEvent:
     attributes: dict[str, AttrValue] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StagedSpan:
-    """One received span as kept in the spool.
+    """One received span as kept in the spool. Treat it as immutable: it is not ``frozen`` only because a frozen
+    dataclass's ``__init__`` sets every field through ``object.__setattr__`` (~0.1 us a field, on every span).
 
     Ids are lowercase hex (trace 32 chars, span 16 chars). ``attributes`` and ``resource_attributes``
     hold only the keys the receiver keeps (no prompt/completion content). ``seq`` is the spool's

@@ -5,6 +5,7 @@ receiver -> processors -> ledger, plus the HTTP routes of the query API.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hmac
 import json
 import logging
@@ -108,6 +109,12 @@ class Service:
 
     def start(self) -> Endpoints:
         self.recovered = self.settler.recover()
+        # The hot path allocates millions of short-lived, acyclic objects (spans, attribute dicts, records) that
+        # reference counting frees; the cyclic collector's frequent passes over them and over the long-lived
+        # settled-trace cache cost ~10 % of the settle CPU (bench/README.md). Startup objects (price catalogue,
+        # config) are frozen out of its reach and young collections are made rarer; cycles are still collected.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         self.settler.start()
         self.budgets.start()
         if self.lake is not None:
