@@ -9,7 +9,6 @@ import operator
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 import duckdb
 import pyarrow as pa
