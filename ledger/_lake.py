@@ -24,12 +24,11 @@ import pyarrow as pa
 
 from ledger._errors import LedgerError, LedgerNotFound, QueryError
 from ledger._focus import FOCUS_VIEW_SQL
-from ledger._ledger import _calls_table
 from ledger._query import QueryResult, check_read_only, harden, run_query
 from ledger._schema import CALLS_DDL
 from ledger._views import VIEWS
 from ledger.config import SharedLedgerConfig
-from processors import UsageRecord
+from processors import UsageRecord, records_table
 
 log = logging.getLogger("tenantledger.lake")
 
@@ -405,14 +404,14 @@ class LakePublisher:
                     for rows in by_trace.values():
                         records.extend(self._resettle(rows))
                     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-                    lake.register("_merged", _calls_table(records, now))
+                    lake.register("_merged", records_table(records))
                     lake.register("_marks", pa.table({
                         "trace_id": pa.array(list(by_trace), pa.string()),
                         "span_count": pa.array([len(v) for v in by_trace.values()], pa.int32()),
                     }))
                     lake.execute("DELETE FROM merged_calls WHERE trace_id IN (SELECT trace_id FROM _split)")
                     lake.execute("DELETE FROM merged_traces WHERE trace_id IN (SELECT trace_id FROM _split)")
-                    lake.execute("INSERT INTO merged_calls BY NAME SELECT * EXCLUDE (settled_at), ? AS merged_by, "
+                    lake.execute("INSERT INTO merged_calls BY NAME SELECT *, ? AS merged_by, "
                                  "? AS merged_at, ? AS settled_at FROM _merged", [self.instance_id, now, now])
                     lake.execute("INSERT INTO merged_traces BY NAME SELECT *, ? AS merged_by, ? AS merged_at "
                                  "FROM _marks", [self.instance_id, now])

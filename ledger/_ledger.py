@@ -5,17 +5,17 @@ transaction, replacing a re-settled trace's earlier rows so that a correction is
 from __future__ import annotations
 
 import datetime as dt
-import operator
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ledger._schema import CALLS_DDL
 from ledger._views import create_views
-from processors import ComponentPrice, LinkedContext, Settlement, UsageRecord
+from processors import LinkedContext, Settlement
 
 _Q = Decimal("1e-12")
 _MONEY = pa.decimal128(38, 12)
@@ -39,69 +39,6 @@ _SUPPORT_DDL = (
 
 def _money(d: Decimal | None) -> Decimal | None:
     return None if d is None else d.quantize(_Q)
-
-
-_PLAIN = (
-    "trace_id", "span_id", "request_id", "tenant_id", "tenant_source", "unattributed_reason", "tenant_conflict",
-    "user_id", "feature", "environment", "workflow_id", "conversation_id", "agent_name", "service_name",
-    "span_name", "provider", "operation", "request_model", "response_model", "response_id", "streamed",
-    "usage_status", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "dedup_key", "dedup_rank", "batch", "service_tier", "currency", "pricing_status", "pricing_reason",
-    "price_source", "priced_model",
-)
-# One C-level call per record instead of a getattr per field (this runs for every call settled).
-_plain_fields = operator.attrgetter(*_PLAIN)
-_other_fields = operator.attrgetter(
-    "start_time_unix_nano", "end_time_unix_nano", "list_cost", "effective_cost", "list_rates", "effective_rates")
-
-
-def _column_type(name: str) -> pa.DataType:
-    if name.endswith("_cost") or name.endswith("_per_mtok"):
-        return _MONEY
-    if name.endswith("_tokens"):
-        return pa.int64()
-    if name == "dedup_rank":
-        return pa.int32()
-    if name in ("tenant_conflict", "streamed", "batch"):
-        return pa.bool_()
-    return pa.string()
-
-
-def _calls_table(records: Sequence[UsageRecord], now: dt.datetime) -> pa.Table:
-    arrays: dict[str, pa.Array] = {}
-    if records:
-        plain = list(zip(*map(_plain_fields, records), strict=True))
-        other = list(zip(*map(_other_fields, records), strict=True))
-    else:
-        plain = [()] * len(_PLAIN)
-        other = [()] * 6
-    for name, values in zip(_PLAIN, plain, strict=True):
-        arrays[name] = pa.array(values, _column_type(name))
-    starts, ends, list_costs, eff_costs, list_rates, eff_rates = other
-    arrays["start_time"] = pa.array(starts, pa.int64()).cast(pa.timestamp("ns"))
-    arrays["end_time"] = pa.array(ends, pa.int64()).cast(pa.timestamp("ns"))
-    arrays["list_cost"] = pa.array([_money(c) for c in list_costs], _MONEY)
-    arrays["effective_cost"] = pa.array([_money(c) for c in eff_costs], _MONEY)
-    # Rates are shared objects (the pricer reuses a model's rates for a minute): each distinct object is
-    # quantized and converted once, and the columns are gathered from those few rows by index.
-    index: dict[int, int] = {}
-    distinct: list[ComponentPrice] = []
-
-    def slot(rates: ComponentPrice) -> int:
-        i = index.get(id(rates))
-        if i is None:
-            i = index[id(rates)] = len(distinct)
-            distinct.append(rates)  # kept alive, so its id stays unique while the dict is in use
-        return i
-
-    list_idx = pa.array([slot(r) for r in list_rates], pa.int32())
-    eff_idx = pa.array([slot(r) for r in eff_rates], pa.int32())
-    for prefix, idx in (("list", list_idx), ("effective", eff_idx)):
-        for part in ("input", "cache_read", "cache_write", "output"):
-            values = pa.array([_money(getattr(r, f"{part}_per_mtok")) for r in distinct], _MONEY)
-            arrays[f"{prefix}_{part}_per_mtok"] = values.take(idx)
-    arrays["settled_at"] = pa.array([now] * len(records), pa.timestamp("us"))
-    return pa.table(arrays)
 
 
 class Ledger:
@@ -174,9 +111,8 @@ class Ledger:
 
     def write(self, settlement: Settlement) -> None:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        records = [rec for r in settlement.results for rec in r.records]
         summaries = [r.summary for r in settlement.results]
-        calls = _calls_table(records, now)
+        calls = settlement.table()
         traces = pa.table(
             {
                 "trace_id": pa.array([s.trace_id for s in summaries], pa.string()),
@@ -194,7 +130,7 @@ class Ledger:
                 "linked_trace_id": pa.array([x for s in summaries for x in s.linked_traces], pa.string()),
             }
         )
-        keys = pa.table({"dedup_key": pa.array(sorted({r.dedup_key for r in records if r.dedup_key}), pa.string())})
+        keys = pa.table({"dedup_key": pc.unique(pc.drop_null(calls.column("dedup_key")))})
         con = self._con
         with self._lock:
             for name, tbl in (("_calls", calls), ("_traces", traces), ("_links", links), ("_keys", keys)):
@@ -206,7 +142,7 @@ class Ledger:
                                 "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
                                 "(SELECT trace_id FROM _traces)")
                     con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                    con.execute("INSERT INTO calls BY NAME SELECT * FROM _calls")
+                    con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
                     con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
                     con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
                     con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")

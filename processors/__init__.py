@@ -4,6 +4,7 @@ Receives ``receiver.StagedSpan``; hands on ``Settlement`` (priced ``UsageRecord`
 """
 
 from processors._attribution import LinkedContext, LinkResolver, TraceResult, TraceSummary, attribute_trace
+from processors._columns import records_table
 from processors._record import ComponentPrice, UsageRecord
 from processors._settler import Settlement, SettlementSink, Settler, SpanSource
 from processors.config import IdentityConfig, ProcessorsConfig
@@ -22,4 +23,5 @@ __all__ = [
     "TraceSummary",
     "UsageRecord",
     "attribute_trace",
+    "records_table",
 ]

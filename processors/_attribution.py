@@ -5,6 +5,7 @@ not), the originating request they roll up to. A pure function of the set of spa
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -76,9 +77,13 @@ def clean_tenant(raw: AttrValue, max_len: int) -> str | None:
     value = str(raw).strip()
     if not value or len(value) > max_len:
         return None
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029\u200b\ufeff" for c in value):
+    if _UNSAFE.search(value):
         return None
     return value
+
+
+# C0/C1 control characters, line/paragraph separators, zero-width space, BOM.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b\ufeff]")
 
 
 def _first(attrs: Mapping[str, AttrValue], keys: Iterable[str]) -> AttrValue:
@@ -154,7 +159,7 @@ class _Trace:
         self._break_cycles()
         self._own: dict[str, _Tenant | None] = {}
         self._entry: dict[str, tuple[str, bool]] = {}
-        self._memo: dict[str, dict[str, Any]] = {}
+        self._memo: dict[str | tuple[str, ...], dict[str, Any]] = {}
 
     def _break_cycles(self) -> None:
         state: dict[str, int] = {}  # 1: on the current walk, 2: done
@@ -175,7 +180,7 @@ class _Trace:
         pid = self._parent[s.span_id]
         return None if pid is None else self.by_id[pid]
 
-    def fold(self, s: StagedSpan, name: str, step: Callable[[StagedSpan, Any], Any]) -> Any:
+    def fold(self, s: StagedSpan, name: str | tuple[str, ...], step: Callable[[StagedSpan, Any], Any]) -> Any:
         """``step(p, value of p's parent)`` from the top of s's chain down to s (None above the top), memoised
         under ``name`` so that each span is computed once per trace."""
         memo = self._memo.setdefault(name, {})
@@ -190,7 +195,7 @@ class _Trace:
             memo[p.span_id] = value
         return memo[s.span_id]
 
-    def nearest(self, s: StagedSpan, name: str, own: Callable[[StagedSpan], Any]) -> Any:
+    def nearest(self, s: StagedSpan, name: str | tuple[str, ...], own: Callable[[StagedSpan], Any]) -> Any:
         """The first non-None ``own(p)`` for p = s, its parent, ... (None if none)."""
 
         def step(p: StagedSpan, above: Any) -> Any:
@@ -433,7 +438,7 @@ def _record(
         return own
 
     def chain_value(keys: tuple[str, ...], request_values: dict[str, set[str]] | None = None) -> str | None:
-        found: str | None = t.nearest(s, f"value:{keys}", own_value(keys))
+        found: str | None = t.nearest(s, keys, own_value(keys))  # memo keyed by the key tuple itself
         if found is not None:
             return found
         raw = _first(s.resource_attributes, keys)

@@ -137,6 +137,10 @@ class Pricer:
         self._lock = threading.Lock()
         self._linear: dict[tuple[Any, ...], tuple[str, ComponentPrice, str]] = {}
 
+    @property
+    def config(self) -> PricingConfig:
+        return self._cfg
+
     def price(self, record: UsageRecord) -> UsageRecord:
         """A priced copy of ``record``."""
         out = dataclasses.replace(record)

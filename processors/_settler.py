@@ -12,8 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from processors._attribution import LinkedContext, TraceResult, TraceSummary, attribute_trace
+import pyarrow as pa
+
+from processors._attribution import LinkedContext, TraceResult, TraceSummary
+from processors._columns import records_table
 from processors._pricing import Pricer
+from processors._workers import SettleWorker, settle_traces
 from processors.config import ProcessorsConfig
 from receiver import StagedSpan
 
@@ -27,6 +31,14 @@ class Settlement:
 
     results: tuple[TraceResult, ...]
     watermark: int
+    records: pa.Table | None = None
+    """All the results' usage records as one table (processors._columns.SCHEMA); None: built from
+    ``results`` on demand. A settle worker sends only this (its results carry no record objects)."""
+
+    def table(self) -> pa.Table:
+        if self.records is not None:
+            return self.records
+        return records_table([rec for r in self.results for rec in r.records])
 
 
 class SpanSource(Protocol):
@@ -73,7 +85,9 @@ class Settler:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_pressure: Callable[[str | None], None] | None = None,
+        worker: SettleWorker | None = None,
     ) -> None:
+        """``worker``: attribute and price in that process instead of this one (see processors._workers)."""
         self._cfg = config
         self._source = source
         self._sink = sink
@@ -95,6 +109,7 @@ class Settler:
         self._pressure = False
         self._shed = threading.Event()
         self.stats = SettlerStats()
+        self._worker = worker
 
     # --- input --------------------------------------------------------------------------------------
 
@@ -143,6 +158,8 @@ class Settler:
             return total
 
     def start(self) -> None:
+        if self._worker is not None:
+            self._worker.start()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
         self._thread.start()
 
@@ -152,7 +169,11 @@ class Settler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            if self._worker is not None:
+                self._worker.close()
 
     def flush(self) -> None:
         with self._lock:
@@ -249,23 +270,26 @@ class Settler:
         targets = {ln.trace_id for tid in trace_ids for s in spans_by_trace[tid].values() for ln in s.links}
         outside = sorted(t for t in targets if t not in in_batch and t not in self._cache)
         stored = self._sink.trace_contexts(outside) if outside else {}
-        summaries: dict[str, TraceSummary] = {}
-        resolver = _Resolver(summaries, self._cache, stored)
+        # Link targets outside the batch: the settled-trace cache first, then the ledger (as before a restart).
+        contexts = dict(stored)
+        for t in targets:
+            if t not in in_batch and t in self._cache:
+                summ = self._cache[t][1]
+                contexts[t] = LinkedContext(summ.trace_id, summ.request_id, summ.tenant_id, summ.user_id)
         order = _link_order(trace_ids, spans_by_trace)
-        results: list[TraceResult] = []
-        for tid in order:
-            r = attribute_trace(spans_by_trace[tid].values(), self._cfg.identity, resolver)
-            for rec in r.records:  # fresh from attribution: ours to fill in
-                self._pricer.price_into(rec)
-            summaries[tid] = r.summary
-            results.append(r)
+        batch = {tid: list(spans_by_trace[tid].values()) for tid in order}
+        if self._worker is not None:
+            results, table = self._worker.settle(order, batch, contexts)
+        else:
+            results = settle_traces(order, batch, contexts, self._cfg.identity, self._pricer)
+            table = records_table([rec for r in results for rec in r.records])
 
         for tid in trace_ids:
             p = self._pending.pop(tid, None)
             if p is not None:
                 self._pending_spans -= len(p.spans)
         watermark = min((p.min_seq for p in self._pending.values()), default=self._max_seen_seq + 1) - 1
-        settlement = Settlement(tuple(results), watermark)
+        settlement = Settlement(tuple(results), watermark, table)
         t1 = self._clock()
         try:
             self._sink.write(settlement)
@@ -298,24 +322,6 @@ class Settler:
         self._cache.move_to_end(tid)
         while len(self._cache) > self._cfg.settled_cache_traces:
             self._cache.popitem(last=False)
-
-
-class _Resolver:
-    def __init__(
-        self,
-        batch: dict[str, TraceSummary],
-        cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]],
-        stored: dict[str, LinkedContext],
-    ) -> None:
-        self._batch, self._cache, self._stored = batch, cache, stored
-
-    def resolve(self, trace_id: str) -> LinkedContext | None:
-        s = self._batch.get(trace_id)
-        if s is None and trace_id in self._cache:
-            s = self._cache[trace_id][1]
-        if s is not None:
-            return LinkedContext(s.trace_id, s.request_id, s.tenant_id, s.user_id)
-        return self._stored.get(trace_id)
 
 
 def _link_order(trace_ids: list[str], spans: dict[str, dict[str, StagedSpan]]) -> list[str]:

@@ -73,6 +73,8 @@ class AttributeFilter:
 
     identity_keys: frozenset[str] = frozenset()
     max_value_length: int = 65_536
+    decisions: dict[str, tuple[int, bool]] = field(default_factory=dict, compare=False, repr=False)
+    """Per-key keep decisions already made (filled by ``extract``; safe to share between threads)."""
 
     def is_genai_key(self, key: str) -> bool:
         return key.startswith(GENAI_PREFIXES)
@@ -221,34 +223,56 @@ def any_value(v: Any) -> AttrValue:
     return None
 
 
+_DROP, _ESSENTIAL, _WIRE = 0, 1, 2
+_MAX_CACHED_KEYS = 10_000  # attribute keys are sender-chosen: the decision cache must not grow without bound
+
+
+def _classify_key(key: str, filt: AttributeFilter) -> tuple[int, bool]:
+    """(what to keep, whether the key makes the span a GenAI span). A GenAI-prefixed key marks the span even when
+    it is content that is not kept (gen_ai.prompt); wire keys are kept only on GenAI spans."""
+    genai = filt.is_genai_key(key)
+    if key in filt.identity_keys or (genai and not filt.is_content(key)):
+        return _ESSENTIAL, genai
+    if key in WIRE_KEYS:
+        return _WIRE, genai
+    return _DROP, genai
+
+
 def _kept_attributes(
-    attrs: Iterable[Any], filt: AttributeFilter, genai: bool, problems: list[str]
-) -> dict[str, AttrValue]:
+    attrs: Iterable[Any], filt: AttributeFilter, problems: list[str], cache: dict[str, tuple[int, bool]]
+) -> tuple[dict[str, AttrValue], bool]:
+    """The span's kept attributes and whether it is a GenAI span, in one pass over its attributes (the
+    per-key decision is cached: keys repeat on every span)."""
     out: dict[str, AttrValue] = {}
+    wire: list[str] = []
+    genai = False
     for kv in attrs:
         key = kv.key
-        if key in filt.identity_keys:
-            essential = True
-        elif genai and filt.is_genai_key(key) and not filt.is_content(key):
-            essential = True
-        elif genai and key in WIRE_KEYS:
-            essential = False
-        else:
+        decision = cache.get(key)
+        if decision is None:
+            decision = _classify_key(key, filt)
+            if len(cache) < _MAX_CACHED_KEYS:
+                cache[key] = decision
+        keep, marks = decision
+        if marks:
+            genai = True
+        if keep == _DROP:
             continue
         value = any_value(kv.value)
         if isinstance(value, str) and len(value) > filt.max_value_length:
-            if essential and not key.endswith(("invocation_parameters", "metadata")):
+            if keep == _ESSENTIAL and not key.endswith(("invocation_parameters", "metadata")):
                 problems.append(
                     f"attribute {key!r} is {len(value)} characters, over max_attribute_value_length "
                     f"({filt.max_value_length}): send a shorter value or raise the limit"
                 )
             continue  # a long non-essential value is dropped, not the span
         out[key] = value
-    return out
-
-
-def _is_genai(attrs: Iterable[Any]) -> bool:
-    return any(kv.key.startswith(GENAI_PREFIXES) for kv in attrs)
+        if keep == _WIRE:
+            wire.append(key)
+    if wire and not genai:
+        for key in wire:
+            out.pop(key, None)
+    return out, genai
 
 
 def extract(
@@ -269,6 +293,7 @@ def extract(
             "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise the limit"
         )
     dumps = json.dumps
+    cache = filt.decisions
     for rs in req.resource_spans:
         res_attrs: dict[str, AttrValue] = {}
         for kv in rs.resource.attributes:
@@ -281,7 +306,8 @@ def extract(
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None
             for span in ss.spans:
-                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json, res_attrs)
+                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json, res_attrs,
+                              cache)
     return out
 
 
@@ -305,6 +331,7 @@ def _extract_span(
     scope_version: str | None,
     res_json: str,
     res_attrs: dict[str, AttrValue],
+    cache: dict[str, tuple[int, bool]],
 ) -> None:
     tid = bytes(span.trace_id)
     sid = bytes(span.span_id)
@@ -322,9 +349,8 @@ def _extract_span(
     if span.start_time_unix_nano > _MAX_NS or span.end_time_unix_nano > _MAX_NS:
         problems.append("start/end time is after the year 2262 (not representable): check the exporter's clock")
         reason = reason or "invalid_time"
-    genai = _is_genai(span.attributes)
     before = len(problems)
-    attrs = _kept_attributes(span.attributes, filt, genai, problems)
+    attrs, genai = _kept_attributes(span.attributes, filt, problems, cache)
     if len(problems) > before:
         reason = reason or "attribute_too_long"
     if validate is not None and genai:

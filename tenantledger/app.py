@@ -32,6 +32,7 @@ from ledger import (
 from processors import LinkedContext, Settler, UsageRecord, attribute_trace
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors._pricing import Pricer
+from processors._workers import SettleWorker, default_workers
 from receiver import AttributeFilter, ExportHandler, GrpcServer, HttpRequest, HttpResponse, HttpServer, Spool
 from receiver._spool import rows_to_spans
 from tenantledger.config import Config
@@ -58,6 +59,20 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # First thing, while this process has no other thread and no open database, so it may fork (cheap).
+        workers = config.processors.settle_workers
+        self.worker: SettleWorker | None = None
+        if (workers if workers is not None else default_workers()) > 0:
+            self.worker = SettleWorker(config.processors.identity, config.pricing)
+            self.worker.start(fork=threading.active_count() == 1)
+        try:
+            self._open(config)
+        except BaseException:
+            if self.worker is not None:
+                self.worker.close()
+            raise
+
+    def _open(self, config: Config) -> None:
         path = config.ledger.path
         try:
             self.con = duckdb.connect(str(path))
@@ -92,7 +107,8 @@ class Service:
             usage_problems,
         )
         self.settler = Settler(
-            config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure
+            config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure,
+            worker=self.worker,
         )
         self.spool.subscribe(self.settler.on_spans)
         self.handler.memory.relief.append(self.settler.shed_cache)

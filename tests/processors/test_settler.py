@@ -33,7 +33,7 @@ class ListSource:
 def make(path: Path, source: ListSource) -> tuple[duckdb.DuckDBPyConnection, Settler]:
     con = duckdb.connect(str(path))
     ledger = Ledger(con)
-    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=2)
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=2, settle_workers=0)
     return con, Settler(cfg, source, ledger, Pricer(PricingConfig()))
 
 

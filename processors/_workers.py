@@ -1,0 +1,236 @@
+"""Settle compute (attribution + pricing of a batch of traces) in worker processes, so that a second core does
+the per-call Python work while the main process receives spans and writes the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import multiprocessing as mp
+import operator
+import os
+import pickle
+import threading
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any, cast
+
+import pyarrow as pa
+
+from processors._attribution import LinkedContext, TraceResult, TraceSummary, attribute_trace
+from processors._columns import records_table
+from processors._pricing import Pricer, PricingConfig
+from processors.config import IdentityConfig
+from receiver import StagedSpan
+from receiver._model import SpanEvent, SpanLink
+
+log = logging.getLogger("tenantledger.processors")
+
+# Across the pipe, spans and records travel as tuples of builtins: pickling a slotted dataclass goes through
+# Python-level __getstate__ (~11 us a span), a tuple pickles in C (bench/README.md).
+_SPAN_FIELDS = tuple(f.name for f in fields(StagedSpan))
+_span_tuple = operator.attrgetter(*_SPAN_FIELDS)
+_summary_tuple = operator.attrgetter(*(f.name for f in fields(TraceSummary)))
+_EVENTS = _SPAN_FIELDS.index("events")
+assert _SPAN_FIELDS[_EVENTS + 1] == "links"
+
+Batch = tuple[list[str], dict[str, list[StagedSpan]], dict[str, LinkedContext]]
+
+
+class _Contexts:
+    """Link resolution for one batch: traces settled earlier in the batch, then the contexts the settler looked
+    up for link targets outside it (its cache of settled traces, then the ledger)."""
+
+    def __init__(self, batch: Mapping[str, TraceSummary], outside: Mapping[str, LinkedContext]) -> None:
+        self._batch, self._outside = batch, outside
+
+    def resolve(self, trace_id: str) -> LinkedContext | None:
+        s = self._batch.get(trace_id)
+        if s is not None:
+            return LinkedContext(s.trace_id, s.request_id, s.tenant_id, s.user_id)
+        return self._outside.get(trace_id)
+
+
+def settle_traces(
+    order: Sequence[str],
+    spans: Mapping[str, Sequence[StagedSpan]],
+    outside: Mapping[str, LinkedContext],
+    identity: IdentityConfig,
+    pricer: Pricer,
+) -> list[TraceResult]:
+    """Attribute and price each trace, link targets first (``order``): a pure function of its arguments."""
+    summaries: dict[str, TraceSummary] = {}
+    resolver = _Contexts(summaries, outside)
+    results: list[TraceResult] = []
+    for tid in order:
+        r = attribute_trace(spans[tid], identity, resolver)
+        for rec in r.records:  # fresh from attribution: ours to fill in
+            pricer.price_into(rec)
+        summaries[tid] = r.summary
+        results.append(r)
+    return results
+
+
+# --- wire format --------------------------------------------------------------------------------------
+
+
+def _wire_span(s: StagedSpan) -> tuple[Any, ...]:
+    t = _span_tuple(s)
+    if s.events or s.links:
+        events = tuple((e.name, e.time_unix_nano, e.attributes) for e in s.events)
+        links = tuple((ln.trace_id, ln.span_id, ln.attributes) for ln in s.links)
+        t = (*t[:_EVENTS], events, links, *t[_EVENTS + 2:])
+    return t
+
+
+def _encode_batch(order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
+                  outside: Mapping[str, LinkedContext]) -> bytes:
+    payload = (
+        list(order),
+        {tid: [_wire_span(s) for s in spans[tid]] for tid in order},
+        {tid: (c.trace_id, c.request_id, c.tenant_id, c.user_id) for tid, c in outside.items()},
+    )
+    # marshal: builtins only, ~3x faster than pickle on the sending (main) side; pickle if a value is not a builtin.
+    try:
+        return b"M" + marshal.dumps(payload)
+    except ValueError:
+        return b"P" + pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode_batch(data: bytes) -> Batch:
+    order, raw_spans, raw_ctx = marshal.loads(data[1:]) if data[:1] == b"M" else pickle.loads(data[1:])
+    spans: dict[str, list[StagedSpan]] = {}
+    for tid, rows in raw_spans.items():
+        out = spans[tid] = []
+        for t in rows:
+            s = StagedSpan(*t)
+            if s.events:
+                s.events = tuple(SpanEvent(*e) for e in cast(Any, s.events))  # plain tuples on the wire
+            if s.links:
+                s.links = tuple(SpanLink(*x) for x in cast(Any, s.links))
+            out.append(s)
+    return order, spans, {tid: LinkedContext(*c) for tid, c in raw_ctx.items()}
+
+
+def _encode_results(results: Sequence[TraceResult]) -> bytes:
+    """Summaries as tuples; the records as an Arrow IPC stream of their table, which the main process reads
+    without per-record Python (it was ~15 us a call to unpickle records and build the table there)."""
+    table = records_table([rec for r in results for rec in r.records])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    summaries = [_summary_tuple(r.summary) for r in results]
+    return pickle.dumps(("ok", summaries, sink.getvalue().to_pybytes()), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode_results(data: bytes) -> tuple[list[TraceResult], pa.Table]:
+    msg = pickle.loads(data)
+    if msg[0] != "ok":
+        raise RuntimeError(f"settle worker failed: {msg[1]}")
+    _, summaries, ipc = msg
+    table = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
+    return [TraceResult(TraceSummary(*s), ()) for s in summaries], table
+
+
+def _worker_main(conn: Any, identity: IdentityConfig, pricing: PricingConfig, inherited: Any = None) -> None:
+    """The worker's loop: one batch in, its results out, until the pipe closes or an empty message arrives."""
+    import gc
+
+    if inherited is not None:
+        # A forked worker holds a copy of the parent's end: closed, so that the main process exiting (even by
+        # kill -9) ends this loop with EOF instead of leaving an orphan.
+        inherited.close()
+
+    pricer = Pricer(pricing)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)  # as in the main process (tenantledger/app.py)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not data:
+            return
+        try:
+            order, spans, outside = _decode_batch(data)
+            out = _encode_results(settle_traces(order, spans, outside, identity, pricer))
+        except Exception:  # reported to the settler, which retries the batch; the worker lives on
+            out = pickle.dumps(("error", traceback.format_exc(limit=5)))
+        conn.send_bytes(out)
+
+
+class SettleWorker:
+    """One worker process. Restarted with the ``spawn`` method: by then the server has threads and an open
+    DuckDB database, which a fork would copy mid-state.
+
+    Threading: ``settle`` is called by the settler thread only (one batch at a time); ``close`` from any thread.
+    A worker that dies is restarted on the next batch; the batch it held is retried (the spans are in the spool).
+    """
+
+    def __init__(self, identity: IdentityConfig, pricing: PricingConfig) -> None:
+        self._identity, self._pricing = identity, pricing
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Any = None
+        self.restarts = 0
+
+    def _ensure(self, method: str = "spawn") -> None:
+        if self._proc is not None and self._proc.is_alive():
+            return
+        if self._proc is not None:
+            self.restarts += 1
+            log.warning("settle worker exited (code %s); restarting it", self._proc.exitcode)
+            self._conn.close()
+        ctx: Any = mp.get_context(method)
+        parent, child = ctx.Pipe()
+        args = (child, self._identity, self._pricing) + ((parent,) if method == "fork" else ())
+        self._proc = ctx.Process(target=_worker_main, args=args, name="tenantledger-settle", daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def start(self, *, fork: bool = False) -> None:
+        """``fork=True`` only while the process has no other thread and no open DuckDB database (the entry
+        point starts the worker first thing): a fork is ~50x cheaper than a spawn, which re-imports everything.
+        Restarts always spawn."""
+        with self._lock:
+            self._ensure("fork" if fork else "spawn")
+
+    def settle(self, order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
+               outside: Mapping[str, LinkedContext]) -> tuple[list[TraceResult], pa.Table]:
+        """The batch's results (summaries only) and all their records as one table (processors._columns)."""
+        with self._lock:
+            self._ensure()
+            try:
+                self._conn.send_bytes(_encode_batch(order, spans, outside))
+                return _decode_results(self._conn.recv_bytes())
+            except (EOFError, OSError) as e:
+                # Died mid-batch (killed, out of memory): restart on the next call; the settler retries.
+                self._proc.join(5)
+                raise RuntimeError(f"settle worker died while settling a batch: {e!r}") from e
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is None:
+                return
+            try:
+                self._conn.send_bytes(b"")  # the stop message
+            except OSError:
+                pass  # already gone
+            self._conn.close()
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+            self._proc = None
+
+
+def default_workers() -> int:
+    """``processors.settle_workers`` when unset: one worker when this process may run on two or more CPUs."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return 1 if cpus >= 2 else 0
+
