@@ -131,6 +131,7 @@ class Ledger:
             }
         )
         keys = pa.table({"dedup_key": pc.unique(pc.drop_null(calls.column("dedup_key")))})
+        fresh = settlement.replaced is not None and not settlement.replaced
         con = self._con
         with self._lock:
             for name, tbl in (("_calls", calls), ("_traces", traces), ("_links", links), ("_keys", keys)):
@@ -138,27 +139,39 @@ class Ledger:
             try:
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys UNION "
-                                "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
-                                "(SELECT trace_id FROM _traces)")
-                    con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                    con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
-                    con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                    con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
-                    con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                    if fresh:
+                        # No trace of this settlement was settled before: nothing to replace (the DELETEs scan
+                        # the whole ledger, so skipping them matters as it grows).
+                        con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys")
+                        con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
+                        con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
+                    else:
+                        con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys UNION "
+                                    "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
+                                    "(SELECT trace_id FROM _traces)")
+                        con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                        con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
+                        con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                        con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
+                        con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
                     con.execute("INSERT INTO trace_links BY NAME SELECT * FROM _links")
                     # The same call reported by two spans (even in two traces) is billed once: the best-ranked
-                    # report wins, ties broken by ids so the choice does not depend on arrival order.
+                    # report wins, ties broken by ids so the choice does not depend on arrival order. Only rows
+                    # whose flag changes are updated: the UPDATE's join scans the whole table, so it runs only
+                    # when there is something to change (rarely: a call reported twice).
                     con.execute(
                         """
-                        UPDATE calls SET is_duplicate = d.dup FROM (
-                            SELECT trace_id, span_id, row_number() OVER (
+                        CREATE OR REPLACE TEMP TABLE _flips AS SELECT trace_id, span_id, dup FROM (
+                            SELECT trace_id, span_id, is_duplicate, row_number() OVER (
                                 PARTITION BY dedup_key ORDER BY dedup_rank, trace_id, span_id) > 1 AS dup
                             FROM calls WHERE dedup_key IN (SELECT dedup_key FROM _touched)
-                        ) d
-                        WHERE calls.trace_id = d.trace_id AND calls.span_id = d.span_id
+                        ) WHERE dup IS DISTINCT FROM is_duplicate
                         """
                     )
+                    flips = con.execute("SELECT count(*) FROM _flips").fetchall()
+                    if flips[0][0]:
+                        con.execute("UPDATE calls SET is_duplicate = f.dup FROM _flips f "
+                                    "WHERE calls.trace_id = f.trace_id AND calls.span_id = f.span_id")
                     if self._outbox:
                         con.execute("INSERT OR REPLACE INTO lake_outbox SELECT trace_id, "
                                     "nextval('lake_outbox_version') FROM _traces")

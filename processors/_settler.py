@@ -35,6 +35,10 @@ class Settlement:
     """All the results' usage records as one table (processors._columns.SCHEMA); None: built from
     ``results`` on demand. A settle worker sends only this (its results carry no record objects)."""
 
+    replaced: frozenset[str] | None = None
+    """Traces of this settlement that were settled before (their earlier rows are replaced); None: unknown,
+    any may have been."""
+
     def table(self) -> pa.Table:
         if self.records is not None:
             return self.records
@@ -248,7 +252,8 @@ class Settler:
             p = self._pending.get(tid)
             spans_by_trace[tid] = dict(p.spans) if p else {}
         # A trace settled before (late span, restart, or a dependent): merge with what was settled.
-        missing = [tid for tid in trace_ids if tid not in self._cache]
+        cached = {tid for tid in trace_ids if tid in self._cache}
+        missing = [tid for tid in trace_ids if tid not in cached]
         known = self._sink.known_traces(missing) if missing else set()
         for tid in trace_ids:
             if tid in self._cache:
@@ -289,7 +294,8 @@ class Settler:
             if p is not None:
                 self._pending_spans -= len(p.spans)
         watermark = min((p.min_seq for p in self._pending.values()), default=self._max_seen_seq + 1) - 1
-        settlement = Settlement(tuple(results), watermark, table)
+        replaced = frozenset(tid for tid in trace_ids if tid in cached or tid in known)
+        settlement = Settlement(tuple(results), watermark, table, replaced)
         t1 = self._clock()
         try:
             self._sink.write(settlement)

@@ -8,7 +8,6 @@ import logging
 import marshal
 import multiprocessing as mp
 import operator
-import os
 import pickle
 import threading
 import traceback
@@ -224,13 +223,4 @@ class SettleWorker:
                 self._proc.kill()
                 self._proc.join(5)
             self._proc = None
-
-
-def default_workers() -> int:
-    """``processors.settle_workers`` when unset: one worker when this process may run on two or more CPUs."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return 1 if cpus >= 2 else 0
 

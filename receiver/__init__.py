@@ -4,6 +4,7 @@ Hands on: ``StagedSpan`` (read back from the ``Spool`` or published to its liste
 """
 
 from receiver._core import ExportHandler, ExportOutcome, ReceiverStats
+from receiver._decode import DecodePool
 from receiver._errors import (
     InvalidRequest,
     Overloaded,
@@ -12,6 +13,7 @@ from receiver._errors import (
     StorageUnavailable,
     Unauthenticated,
     UnsupportedMediaType,
+    WorkerUnavailable,
     to_wire,
 )
 from receiver._grpc import GrpcServer
@@ -24,6 +26,7 @@ from receiver.config import AuthConfig, ReceiverConfig, TLSConfig, parse_endpoin
 __all__ = [
     "AttributeFilter",
     "AuthConfig",
+    "DecodePool",
     "ExportHandler",
     "ExportOutcome",
     "GrpcServer",
@@ -46,6 +49,7 @@ __all__ = [
     "TLSConfig",
     "Unauthenticated",
     "UnsupportedMediaType",
+    "WorkerUnavailable",
     "decode_json",
     "decode_protobuf",
     "extract",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from receiver._decode import DecodePool
 from receiver._errors import Overloaded, Unauthenticated
 from receiver._memory import MemoryLimiter
-from receiver._otlp import AttributeFilter, SpanValidator, extract
+from receiver._otlp import AttributeFilter, Extracted, SpanValidator, extract
 from receiver._spool import Spool
 from receiver.config import ReceiverConfig
 
@@ -44,8 +46,11 @@ class ExportHandler:
         spool: Spool,
         attribute_filter: AttributeFilter,
         validator: SpanValidator | None = None,
+        decoder: DecodePool | None = None,
     ) -> None:
+        """``decoder``: where protobuf bodies are decoded (default: in the calling thread)."""
         self._config = config
+        self._decoder = decoder or DecodePool(attribute_filter, validator, config.max_spans_per_request, 0)
         self._spool = spool
         self._filter = attribute_filter
         self._validator = validator
@@ -69,6 +74,15 @@ class ExportHandler:
             raise Unauthenticated("missing or invalid bearer token: send 'Authorization: Bearer <token>'")
 
     def export(self, req: ExportTraceServiceRequest, export_baggage: str | None = None) -> ExportOutcome:
+        """Export a decoded request (OTLP/JSON, decoded by the HTTP transport)."""
+        return self._export(
+            lambda: extract(req, self._filter, self._validator, self._config.max_spans_per_request), export_baggage)
+
+    def export_body(self, body: bytes, export_baggage: str | None = None) -> ExportOutcome:
+        """Export a serialized ExportTraceServiceRequest (OTLP/gRPC, OTLP/HTTP protobuf), decoded by the pool."""
+        return self._export(lambda: self._decoder.extract(body), export_baggage)
+
+    def _export(self, extracted: Callable[[], Extracted], export_baggage: str | None) -> ExportOutcome:
         with self._lock:
             self.stats.requests += 1
             pressure = self._backpressure[0] if self._backpressure else None
@@ -90,7 +104,7 @@ class ExportHandler:
                 retry_after_s=self._config.retry_after_s,
             )
         try:
-            ex = extract(req, self._filter, self._validator, self._config.max_spans_per_request)
+            ex = extracted()
             baggage = export_baggage if self._config.accept_export_baggage else None
             accepted = self._spool.append(ex, baggage)
         finally:

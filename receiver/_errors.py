@@ -51,6 +51,12 @@ class StorageUnavailable(ReceiverError):
     retryable = True
 
 
+class WorkerUnavailable(ReceiverError):
+    """A decode worker died while decoding this request; it is being replaced, nothing was committed."""
+
+    retryable = True
+
+
 @dataclass(frozen=True)
 class WireError:
     grpc_code: grpc.StatusCode

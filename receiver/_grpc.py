@@ -9,24 +9,28 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from receiver._core import ExportHandler
 from receiver._errors import InvalidRequest, ReceiverError, StorageUnavailable, to_wire
 from receiver.config import ReceiverConfig, parse_endpoint
 
 log = logging.getLogger("tenantledger.receiver")
+_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"  # opentelemetry/proto/collector/trace/v1
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+class _TraceService:
+    """TraceService/Export with the request left serialized: the handler decodes it (possibly in a decode worker
+    process), and a malformed body is answered INVALID_ARGUMENT by the receiver, not an opaque gRPC INTERNAL."""
+
     def __init__(self, handler: ExportHandler) -> None:
         self._handler = handler
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC method name)
+    def export(self, request: bytes, context: grpc.ServicerContext) -> Any:
         md = {k: v for k, v in context.invocation_metadata()}
         try:
             self._handler.check_auth(md.get("authorization"))
-            outcome = self._handler.export(request, md.get("baggage"))
+            outcome = self._handler.export_body(request, md.get("baggage"))
         except Exception as e:  # every failure is mapped to the wire, never raised into grpc
             _abort(context, e, self._handler)
             raise AssertionError("unreachable") from e  # context.abort raises
@@ -76,8 +80,14 @@ class GrpcServer:
             # refused by ExportHandler, with RetryInfo. It stays as a guard against connection floods.
             maximum_concurrent_rpcs=max(1024, config.max_inflight_requests * 4),
         )
-        add = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
-        add(_TraceService(handler), self._server)  # type: ignore[no-untyped-call]
+        export = grpc.unary_unary_rpc_method_handler(
+            _TraceService(handler).export,
+            request_deserializer=None,  # raw bytes
+            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, {"Export": export}),)
+        )
         host, port = parse_endpoint(config.grpc_endpoint)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if config.tls.enabled:

@@ -29,7 +29,7 @@ from receiver._errors import (
     UnsupportedMediaType,
     to_wire,
 )
-from receiver._otlp import decode_json, decode_protobuf
+from receiver._otlp import decode_json
 from receiver.config import ReceiverConfig, parse_endpoint
 
 log = logging.getLogger("tenantledger.receiver")
@@ -197,8 +197,10 @@ class HttpServer:
                 )
             limit = self._config.max_request_bytes
             body = decompress(self._read_body(h, limit), headers.get("content-encoding", ""), limit)
-            req = decode_json(body) if as_json else decode_protobuf(body)
-            outcome = self._export.export(req, headers.get("baggage"))
+            if as_json:
+                outcome = self._export.export(decode_json(body), headers.get("baggage"))
+            else:
+                outcome = self._export.export_body(body, headers.get("baggage"))
         except Exception as e:
             return self._error(e, as_json)
         resp = trace_service_pb2.ExportTraceServiceResponse()

@@ -71,6 +71,9 @@ class ReceiverConfig(_Strict):
     memory_limit_mib: float | None = Field(default=None, gt=0)
     """Resident memory of the process above which (80% of it) exports are refused retryably; None: no limit."""
     grpc_workers: int = Field(default=8, gt=0)
+    decode_workers: int | None = Field(default=None, ge=0, le=64)
+    """Processes decoding OTLP/protobuf bodies beside the main process (0: in the receiving thread). None
+    (unset): 1 when the process may use two or more CPUs, else 0."""
     accept_export_baggage: bool = False
     """Keep the W3C ``baggage`` header of the OTLP export request itself as a last-resort tenant source."""
     auth: AuthConfig = AuthConfig()

@@ -32,8 +32,17 @@ from ledger import (
 from processors import LinkedContext, Settler, UsageRecord, attribute_trace
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors._pricing import Pricer
-from processors._workers import SettleWorker, default_workers
-from receiver import AttributeFilter, ExportHandler, GrpcServer, HttpRequest, HttpResponse, HttpServer, Spool
+from processors._workers import SettleWorker
+from receiver import (
+    AttributeFilter,
+    DecodePool,
+    ExportHandler,
+    GrpcServer,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    Spool,
+)
 from receiver._spool import rows_to_spans
 from tenantledger.config import Config
 from tenantledger.finops import BudgetMonitor, FinopsError, QueryFn
@@ -41,6 +50,14 @@ from tenantledger.finops._anomalies import anomalies_sql
 from tenantledger.finops._budgets import budget_check
 
 log = logging.getLogger("tenantledger")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def discovery_path(ledger_path: Path) -> Path:
@@ -59,18 +76,32 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        # First thing, while this process has no other thread and no open database, so it may fork (cheap).
-        workers = config.processors.settle_workers
+        # Worker processes first, while this process has no other thread and no open database, so they may be
+        # forked (cheap) rather than spawned. Unset counts: one of each when this process may use 2+ CPUs.
+        fork = threading.active_count() == 1
+        auto = 1 if usable_cpus() >= 2 else 0
+        self.filter = AttributeFilter(
+            config.processors.identity.all_keys() | EXTRA_KEYS, config.receiver.max_attribute_value_length
+        )
+        decode = config.receiver.decode_workers
+        self.decoder = DecodePool(self.filter, usage_problems, config.receiver.max_spans_per_request,
+                                  auto if decode is None else decode)
+        settle = config.processors.settle_workers
         self.worker: SettleWorker | None = None
-        if (workers if workers is not None else default_workers()) > 0:
-            self.worker = SettleWorker(config.processors.identity, config.pricing)
-            self.worker.start(fork=threading.active_count() == 1)
         try:
+            self.decoder.start(fork=fork)
+            if (auto if settle is None else settle) > 0:
+                self.worker = SettleWorker(config.processors.identity, config.pricing)
+                self.worker.start(fork=fork)
             self._open(config)
         except BaseException:
-            if self.worker is not None:
-                self.worker.close()
+            self._close_workers()
             raise
+
+    def _close_workers(self) -> None:
+        self.decoder.close()
+        if self.worker is not None:
+            self.worker.close()
 
     def _open(self, config: Config) -> None:
         path = config.ledger.path
@@ -98,14 +129,7 @@ class Service:
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})
         self._tokens = [(t.value(), t.tenant) for t in config.api.tokens]
         self.pricer = Pricer(config.pricing)
-        self.handler = ExportHandler(
-            config.receiver,
-            self.spool,
-            AttributeFilter(
-                config.processors.identity.all_keys() | EXTRA_KEYS, config.receiver.max_attribute_value_length
-            ),
-            usage_problems,
-        )
+        self.handler = ExportHandler(config.receiver, self.spool, self.filter, usage_problems, self.decoder)
         self.settler = Settler(
             config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure,
             worker=self.worker,
@@ -169,7 +193,8 @@ class Service:
             self.grpc.stop(grace)
         if self.http is not None:
             self.http.stop(grace)
-        self.settler.stop()
+        self.decoder.close()  # no request is in flight any more
+        self.settler.stop()  # also stops its worker
         self.budgets.stop()
         if self.config.budgets.enabled:
             try:  # the flushed spend may have crossed a threshold: fire it now, not at the next start
