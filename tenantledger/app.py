@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,6 +156,9 @@ class Service:
         # config) are frozen out of its reach and young collections are made rarer; cycles are still collected.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+        # DuckDB releases the GIL around its work and must win it back to finish a commit; with the default 5 ms
+        # switch interval a busy Python thread made a 3 ms spool commit take ~35 ms (bench/README.md).
+        sys.setswitchinterval(float(os.environ.get("TL_SWITCH", "0.0005")))
         self.settler.start()
         self.budgets.start()
         if self.lake is not None:
