@@ -258,7 +258,15 @@ def _kept_attributes(
             genai = True
         if keep == _DROP:
             continue
-        value = any_value(kv.value)
+        v = kv.value
+        which = v.WhichOneof("value")  # the two common kinds inline: this loop runs for every attribute
+        value: AttrValue
+        if which == "string_value":
+            value = v.string_value
+        elif which == "int_value":
+            value = v.int_value
+        else:
+            value = any_value(v)
         if isinstance(value, str) and len(value) > filt.max_value_length:
             if keep == _ESSENTIAL and not key.endswith(("invocation_parameters", "metadata")):
                 problems.append(
