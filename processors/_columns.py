@@ -25,10 +25,10 @@ _PLAIN = (
     "price_source", "priced_model",
 )
 _RATE_PARTS = ("input", "cache_read", "cache_write", "output")
-# One C-level call per record instead of a getattr per field (this runs for every call settled).
-_plain_fields = operator.attrgetter(*_PLAIN)
-_other_fields = operator.attrgetter(
-    "start_time_unix_nano", "end_time_unix_nano", "list_cost", "effective_cost", "list_rates", "effective_rates")
+# A column at a time, by C-level getters (this runs for every call settled; transposing row tuples allocated more).
+_getters = tuple(operator.attrgetter(name) for name in _PLAIN)
+_other_getters = tuple(operator.attrgetter(name) for name in (
+    "start_time_unix_nano", "end_time_unix_nano", "list_cost", "effective_cost", "list_rates", "effective_rates"))
 
 
 def _type(name: str) -> pa.DataType:
@@ -59,9 +59,11 @@ def records_table(records: Sequence[UsageRecord]) -> pa.Table:
     if not records:
         return SCHEMA.empty_table()
     arrays: list[pa.Array] = []
-    for name, values in zip(_PLAIN, zip(*map(_plain_fields, records), strict=True), strict=True):
-        arrays.append(pa.array(values, _type(name)))
-    starts, ends, list_costs, eff_costs, list_rates, eff_rates = zip(*map(_other_fields, records), strict=True)
+    for name, getter in zip(_PLAIN, _getters, strict=True):
+        arrays.append(pa.array(list(map(getter, records)), _type(name)))
+    starts, ends, list_costs, eff_costs, list_rates, eff_rates = (
+        list(map(g, records)) for g in _other_getters
+    )
     arrays.append(pa.array(starts, pa.int64()).cast(pa.timestamp("ns")))
     arrays.append(pa.array(ends, pa.int64()).cast(pa.timestamp("ns")))
     arrays.append(pa.array([_money(c) for c in list_costs], MONEY))

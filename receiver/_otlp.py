@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -238,6 +239,15 @@ def _classify_key(key: str, filt: AttributeFilter) -> tuple[int, bool]:
     return _DROP, genai
 
 
+def _json(value: Any) -> str:
+    """Compact JSON of an attribute mapping, as the spool stores it. orjson: ~13x faster than json.dumps, and this
+    runs for every span received; json.dumps (same document) for what orjson refuses (ints beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+
 def _kept_attributes(
     attrs: Iterable[Any], filt: AttributeFilter, problems: list[str], cache: dict[str, tuple[int, bool]]
 ) -> tuple[dict[str, AttrValue], bool]:
@@ -300,7 +310,6 @@ def extract(
             f"request carries {total} spans, over max_spans_per_request ({max_spans}): export smaller batches "
             "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise the limit"
         )
-    dumps = json.dumps
     cache = filt.decisions
     for rs in req.resource_spans:
         res_attrs: dict[str, AttrValue] = {}
@@ -309,7 +318,7 @@ def extract(
                 res_attrs[kv.key] = any_value(kv.value)
         service = res_attrs.get("service.name")
         service_name = service if isinstance(service, str) else None
-        res_json = dumps(res_attrs, separators=(",", ":"), default=str)
+        res_json = _json(res_attrs)
         for ss in rs.scope_spans:
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None
@@ -411,7 +420,7 @@ def _extract_span(
     out.service_name.append(service_name)
     out.scope_name.append(scope_name)
     out.scope_version.append(scope_version)
-    out.attributes.append(json.dumps(attrs, separators=(",", ":"), default=str))
+    out.attributes.append(_json(attrs))
     out.resource_attributes.append(res_json)
     out.events.append(events_json)
     out.links.append(links_json)

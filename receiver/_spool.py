@@ -4,12 +4,12 @@ is acknowledged, then published in commit order to the processors; read back aft
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from receiver._errors import StorageUnavailable
@@ -184,7 +184,7 @@ def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def rows_to_spans(rows: Iterable[dict[str, Any]]) -> list[StagedSpan]:
     out: list[StagedSpan] = []
-    loads = json.loads
+    loads = orjson.loads  # recovery reads every unsettled span back: ~4x faster than json.loads
     for r in rows:
         events: tuple[SpanEvent, ...] = ()
         if r["events"]:
