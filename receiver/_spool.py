@@ -124,9 +124,14 @@ class Spool:
                 schema=_SCHEMA,
             )
             try:
-                # One statement = one auto-committed transaction; DuckDB syncs its WAL on commit, so a kill -9
-                # after this line loses nothing. (A relation insert: register/unregister of a view cost more.)
-                self._con.from_arrow(table).insert_into("staging_spans")
+                self._con.register("_incoming", table)
+                try:
+                    # One statement = one auto-committed transaction; DuckDB syncs its WAL on commit, so a kill -9
+                    # after this line loses nothing. (Not a relation's insert_into: with the disk full, that one
+                    # returned without error while the rows never became durable — tests/reliability.)
+                    self._con.execute(f"INSERT INTO staging_spans ({_COLUMNS}) SELECT {_COLUMNS} FROM _incoming")
+                finally:
+                    self._con.unregister("_incoming")
             except duckdb.Error as e:
                 raise StorageUnavailable(f"could not commit spans to the ledger file: {e}") from e
             self._next_seq = first + n
