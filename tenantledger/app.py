@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from ledger import (
     LakePublisher,
@@ -77,6 +78,9 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Arrow buffers (spool appends, ledger rows) from the system allocator: with pyarrow's default jemalloc
+        # pool the server's RSS kept growing under sustained load (bench/README.md, memory).
+        pa.set_memory_pool(pa.system_memory_pool())
         # Worker processes first, while this process has no other thread and no open database, so they may be
         # forked (cheap) rather than spawned. Unset counts: one of each when this process may use 2+ CPUs.
         fork = threading.active_count() == 1
