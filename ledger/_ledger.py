@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Sequence
-from decimal import Decimal
 
 import duckdb
 import pyarrow as pa
@@ -16,9 +15,6 @@ import pyarrow.compute as pc
 from ledger._schema import CALLS_DDL
 from ledger._views import create_views
 from processors import LinkedContext, Settlement
-
-_Q = Decimal("1e-12")
-_MONEY = pa.decimal128(38, 12)
 
 _SUPPORT_DDL = (
     """
@@ -35,10 +31,6 @@ _SUPPORT_DDL = (
     "CREATE TABLE IF NOT EXISTS trace_links (trace_id VARCHAR NOT NULL, linked_trace_id VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
 )
-
-
-def _money(d: Decimal | None) -> Decimal | None:
-    return None if d is None else d.quantize(_Q)
 
 
 class Ledger:

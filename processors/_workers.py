@@ -26,8 +26,8 @@ from receiver._model import SpanEvent, SpanLink
 
 log = logging.getLogger("tenantledger.processors")
 
-# Across the pipe, spans and records travel as tuples of builtins: pickling a slotted dataclass goes through
-# Python-level __getstate__ (~11 us a span), a tuple pickles in C (bench/README.md).
+# Across the pipe, spans travel as marshalled tuples of builtins (pickling a slotted dataclass goes through
+# Python-level __getstate__, ~11 us a span) and records come back as one Arrow IPC table (_encode_results).
 _SPAN_FIELDS = tuple(f.name for f in fields(StagedSpan))
 _span_tuple = operator.attrgetter(*_SPAN_FIELDS)
 _summary_tuple = operator.attrgetter(*(f.name for f in fields(TraceSummary)))
