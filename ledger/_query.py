@@ -97,7 +97,7 @@ def open_read_only(path: Path, memory_limit_mib: int | None = None) -> duckdb.Du
             "query through the server: it must write its discovery file next to the ledger",
         ) from e
     if memory_limit_mib is not None:
-        con.execute(f"SET memory_limit = '{int(memory_limit_mib)}MB'")
+        con.execute(f"SET memory_limit = '{int(memory_limit_mib)}MiB'")
     harden(con)
     return con
 

@@ -158,7 +158,7 @@ class Settler:
                 seq = spans[-1].seq
                 total += len(spans)
                 if self._pending_spans > self._cfg.max_pending_spans // 2:
-                    self._settle(list(self._pending.keys()))
+                    self._settle_in_batches(list(self._pending.keys()))
             return total
 
     def start(self) -> None:
@@ -224,9 +224,29 @@ class Settler:
             if not due:
                 self._check_pressure()
                 return 0
-            n = self._settle(due)
+            n = self._settle_in_batches(due)
             self._check_pressure()
             return n
+
+    def _settle_in_batches(self, due: list[str]) -> int:
+        """Settle ``due`` (oldest first) in transactions of at most ``max_batch_spans`` spans (a trace is never
+        split). A link target settled in an earlier batch is found in the cache; one in a later batch makes the
+        linking trace a dependent, settled again once its target is (as across ticks)."""
+        limit = self._cfg.max_batch_spans
+        n, size = 0, 0
+        batch: list[str] = []
+        for tid in dict.fromkeys(due):
+            p = self._pending.get(tid)
+            cached = self._cache.get(tid)
+            k = len(p.spans) if p is not None else (len(cached[0]) if cached is not None else 1)
+            if batch and size + k > limit:
+                n += self._settle(batch)
+                batch, size = [], 0
+            batch.append(tid)
+            size += k
+        if batch:
+            n += self._settle(batch)
+        return n
 
     def _admit(self, spans: Iterable[StagedSpan], now: float) -> None:
         for s in spans:

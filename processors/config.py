@@ -50,6 +50,9 @@ class ProcessorsConfig(_Strict):
     max_pending_spans: int = Field(default=2_000_000, gt=0)
     """Spans waiting to settle; beyond it the receiver answers retryable backpressure."""
     settle_interval_s: float = Field(default=0.2, gt=0)
+    max_batch_spans: int = Field(default=20_000, gt=0)
+    """Most spans settled in one ledger transaction (a backlog is settled in several): bounds the transient
+    memory of a settle (records, Arrow tables) however far behind the settler fell."""
     settled_cache_traces: int = Field(default=20_000, ge=0)
     """Recently settled traces kept in memory so a late span re-settles without reading the spool."""
     settle_workers: int | None = Field(default=None, ge=0, le=1)

@@ -4,6 +4,7 @@ receiver -> processors -> ledger, plus the HTTP routes of the query API.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import gc
 import hmac
@@ -62,6 +63,23 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def tune_malloc() -> bool:
+    """Keep glibc's heap from growing under sustained load (bench/README.md, memory); False where not glibc.
+
+    With one malloc arena per busy thread (gRPC's pool) and the default dynamic mmap threshold, the 0.5-1 MiB
+    request buffers were carved out of the arenas and the freed space was not reused across them: the heap grew
+    ~1.4 MiB/s at 7 000 spans/s while less than 50 MiB of it was in use. Two arenas and a fixed 128 KiB mmap
+    threshold (large buffers go back to the kernel on free) keep it flat. Call before the server's threads start.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    return bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, 128 * 1024))
+
+
 def discovery_path(ledger_path: Path) -> Path:
     """Where a running server advertises its query endpoint, so `tenantledger sql` can reach it."""
     return ledger_path.with_name(ledger_path.name + ".server.json")
@@ -81,6 +99,7 @@ class Service:
         # Arrow buffers (spool appends, ledger rows) from the system allocator: with pyarrow's default jemalloc
         # pool the server's RSS kept growing under sustained load (bench/README.md, memory).
         pa.set_memory_pool(pa.system_memory_pool())
+        tune_malloc()
         # Worker processes first, while this process has no other thread and no open database, so they may be
         # forked (cheap) rather than spawned. Unset counts: one of each when this process may use 2+ CPUs.
         fork = threading.active_count() == 1
@@ -124,11 +143,11 @@ class Service:
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
         self.budgets = BudgetMonitor(config.budgets, self.con.cursor())
-        duckdb_mib = config.ledger.duckdb_memory_limit_mib
+        duckdb_mib = config.ledger.serve_duckdb_memory_limit_mib
         if config.receiver.memory_limit_mib:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
             duckdb_mib = min(duckdb_mib, max(16, int(config.receiver.memory_limit_mib / 4)))
-        self.con.execute(f"SET memory_limit = '{duckdb_mib}MB'")
+        self.con.execute(f"SET memory_limit = '{duckdb_mib}MiB'")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})

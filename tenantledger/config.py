@@ -32,8 +32,12 @@ class LedgerConfig(_Strict):
     """FOCUS BillingAccountId of the exported rows (your platform's account)."""
     billing_account_name: str = "LLM platform"
     duckdb_memory_limit_mib: int = Field(default=1024, ge=64)
-    """Cap of DuckDB's buffer cache in `serve` and in `export` (larger queries spill to `<ledger>.tmp`), so the
-    process's memory stays flat however large the ledger grows."""
+    """Cap of DuckDB's buffer cache in `export` (larger queries spill to `<ledger>.tmp`), so the process's memory
+    stays bounded however large the ledger grows."""
+    serve_duckdb_memory_limit_mib: int = Field(default=256, ge=64)
+    """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps what it has read up to
+    its cap: at 1 GiB the cache filled over ~10 minutes of sustained ingest, so the server's memory kept rising
+    (bench/README.md, memory). Larger queries spill to `<ledger>.tmp`."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 

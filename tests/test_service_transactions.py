@@ -27,3 +27,17 @@ def test_no_transaction_left_open_by_startup_or_queries(tmp_path: Path) -> None:
         probe.execute("CHECKPOINT")
     finally:
         service.stop()
+
+
+def test_serve_caps_duckdb_cache_apart_from_export(tmp_path: Path) -> None:
+    """DuckDB keeps what it reads up to its cap, so the serving process gets its own, smaller cap
+    (ledger.serve_duckdb_memory_limit_mib); receiver.memory_limit_mib lowers it to a quarter of that limit."""
+    for extra, expected in (({}, "256.0 MiB"), ({"ledger": {"serve_duckdb_memory_limit_mib": 128}}, "128.0 MiB"),
+                            ({"receiver": {"memory_limit_mib": 400}}, "100.0 MiB")):
+        ledger = {"path": str(tmp_path / f"l{len(expected)}{expected[:3]}.duckdb"), **extra.get("ledger", {})}
+        service = Service(load_config(None, {**extra, "ledger": ledger}))
+        try:
+            got = service.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+            assert got == expected
+        finally:
+            service.stop()

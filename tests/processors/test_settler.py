@@ -142,3 +142,33 @@ def test_restart_mid_trace_resumes_from_the_spool(tmp_path: Path) -> None:
     assert s.recover() == 1
     s.flush()
     assert len(calls(con)) == 2
+
+
+def test_a_backlog_is_settled_in_bounded_transactions_with_the_same_result(tmp_path: Path) -> None:
+    """processors.max_batch_spans: a backlog (the settler fell behind) is written in several transactions of at
+    most that many spans, and the ledger is the one a single transaction gives: a job whose request lands in a
+    later batch is re-settled, the call reported twice is still billed once."""
+    src = ListSource()
+    ref_con, ref = make(tmp_path / "ref.duckdb", src)
+    feed(ref, src, ALL)
+    ref.flush()
+
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    writes: list[list[int]] = []  # span count of each trace, per transaction
+    write = ledger.write
+
+    def counting(settlement: Any) -> None:
+        writes.append([r.summary.span_count for r in settlement.results])
+        write(settlement)
+
+    ledger.write = counting  # type: ignore[method-assign]
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=2, settle_workers=0, max_batch_spans=2)
+    s = Settler(cfg, src2, ledger, Pricer(PricingConfig()))
+    feed(s, src2, JOB + TWICE + REQUEST)  # the job's request arrives last: it is settled in a later batch
+    s.flush()
+    assert calls(con) == calls(ref_con)
+    # JOB (2 spans), the two TWICE traces (1 + 1), REQUEST (3: alone, a trace is never split), then the job again
+    assert writes[:3] == [[2], [1, 1], [3]]
+    assert len(writes) == 4 and writes[3] == [2]
