@@ -41,6 +41,7 @@ class Server:
     http: str
     ledger: Path
     rss: list[tuple[float, float]] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
 
     def sql(self, query: str) -> list[list[object]]:
         req = urllib.request.Request(
@@ -51,6 +52,14 @@ class Server:
             doc = json.loads(resp.read())
         rows: list[list[object]] = doc["rows"]
         return rows
+
+    def pending_spans(self) -> int:
+        """Spans received but not yet settled (the tenantledger_spans_pending gauge of /metrics)."""
+        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=60) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("tenantledger_spans_pending "):
+                    return int(float(line.split()[1]))
+        return -1
 
     def settled_spans(self) -> int:
         return int(str(self.sql("SELECT coalesce(sum(span_count), 0) FROM traces")[0][0]))
@@ -122,6 +131,7 @@ def drive(server: Server, client: LoadClient, index: int, spans: int, *, rounds:
         def sample() -> None:
             while not stop_sampling.wait(sample_rss_s):
                 server.rss.append((time.monotonic() - t0, rss_mib(server.proc.pid)))
+                server.pending.append(server.pending_spans())
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -240,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                 if samples:
                     warm = [v for t, v in samples if t >= args.duration_s * 0.2] or [samples[-1][1]]
                     series = " ".join(f"{t:.0f}s:{v:.0f}" for t, v in samples)
+                    # A settler that falls behind holds more spans: the backlog explains RSS that follows it.
+                    backlog = " ".join(f"{n:,}" for n in srv.pending)
                     print(f"RSS over {args.duration_s:.0f} s at 80% load ({r.spans} spans, "
                           f"{r.spans / r.client.elapsed_s:,.0f} spans/s): {series} MiB; after warm-up "
                           f"min {min(warm):.0f} max {max(warm):.0f} MiB "
-                          f"(spread {(max(warm) - min(warm)) / min(warm) * 100:.1f}%)", flush=True)
+                          f"(spread {(max(warm) - min(warm)) / min(warm) * 100:.1f}%); spans waiting to settle at "
+                          f"each sample: {backlog}", flush=True)
     finally:
         client.close()
     return 0

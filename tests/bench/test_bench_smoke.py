@@ -42,7 +42,7 @@ def test_ingest_smoke() -> None:
     assert re.search(r"ratio 2 cores / 1 core: \d+\.\d\d", out)
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", out)
     assert re.search(r"spans/s by spans per trace \(1 core\): 1: [\d,]+, 10: [\d,]+, 100: [\d,]+, 1000: [\d,]+", out)
-    assert re.search(r"RSS over 2 s at 80% load .* MiB", out)
+    assert re.search(r"RSS over 2 s at 80% load .* MiB.*spans waiting to settle at each sample: [\d,]+", out)
 
 
 def test_queries_smoke() -> None:
