@@ -148,6 +148,10 @@ class Service:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
             duckdb_mib = min(duckdb_mib, max(16, int(config.receiver.memory_limit_mib / 4)))
         self.con.execute(f"SET memory_limit = '{duckdb_mib}MiB'")
+        # Checkpoints are where DuckDB's CPU per span goes (see ledger.checkpoint_threshold_mib); the data appended
+        # since the last one stays in its cache, hence the cap at half of it.
+        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 2))
+        self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})

@@ -38,6 +38,12 @@ class LedgerConfig(_Strict):
     """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps what it has read up to
     its cap: at 1 GiB the cache filled over ~10 minutes of sustained ingest, so the server's memory kept rising
     (bench/README.md, memory). Larger queries spill to `<ledger>.tmp`."""
+    checkpoint_threshold_mib: int = Field(default=128, ge=1)
+    """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). Each
+    checkpoint recompresses the tables' newest row groups, so a small threshold costs CPU on every span: 16 MiB
+    (DuckDB's default) took ~40 % more DuckDB time per settled span than 128 MiB (bench/README.md). Larger: a longer
+    WAL replay after a crash, and more table data in memory between checkpoints (never more than half of serve's
+    DuckDB cache)."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 

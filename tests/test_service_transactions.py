@@ -31,13 +31,20 @@ def test_no_transaction_left_open_by_startup_or_queries(tmp_path: Path) -> None:
 
 def test_serve_caps_duckdb_cache_apart_from_export(tmp_path: Path) -> None:
     """DuckDB keeps what it reads up to its cap, so the serving process gets its own, smaller cap
-    (ledger.serve_duckdb_memory_limit_mib); receiver.memory_limit_mib lowers it to a quarter of that limit."""
-    for extra, expected in (({}, "256.0 MiB"), ({"ledger": {"serve_duckdb_memory_limit_mib": 128}}, "128.0 MiB"),
-                            ({"receiver": {"memory_limit_mib": 400}}, "100.0 MiB")):
-        ledger = {"path": str(tmp_path / f"l{len(expected)}{expected[:3]}.duckdb"), **extra.get("ledger", {})}
+    (ledger.serve_duckdb_memory_limit_mib); receiver.memory_limit_mib lowers it to a quarter of that limit. The
+    checkpoint threshold (ledger.checkpoint_threshold_mib) is at most half of the cap: the data appended since the
+    last checkpoint stays in it."""
+    for extra, expected, checkpoint in (
+        ({}, "256.0 MiB", "128.0 MiB"),
+        ({"ledger": {"serve_duckdb_memory_limit_mib": 128}}, "128.0 MiB", "64.0 MiB"),
+        ({"ledger": {"checkpoint_threshold_mib": 16}}, "256.0 MiB", "16.0 MiB"),
+        ({"receiver": {"memory_limit_mib": 400}}, "100.0 MiB", "50.0 MiB"),
+    ):
+        ledger = {"path": str(tmp_path / f"l{expected[:3]}{checkpoint[:3]}.duckdb"), **extra.get("ledger", {})}
         service = Service(load_config(None, {**extra, "ledger": ledger}))
         try:
-            got = service.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-            assert got == expected
+            got = service.con.execute("SELECT current_setting('memory_limit'), "
+                                      "current_setting('checkpoint_threshold')").fetchall()[0]
+            assert got == (expected, checkpoint)
         finally:
             service.stop()
