@@ -58,6 +58,10 @@ class Ledger:
         self._con.execute("INSERT INTO ledger_meta SELECT 'settled_watermark', 0 WHERE NOT EXISTS "
                           "(SELECT 1 FROM ledger_meta WHERE key = 'settled_watermark')")
         create_views(self._con)
+        # Whether some settled trace may still wait for a linked trace: until one does, ``dependents`` has nothing
+        # to find and skips its query (one per settle tick). Conservative: once set, it stays set.
+        rows = self._con.execute("SELECT count(*) FROM traces WHERE unresolved_links").fetchall()
+        self._maybe_unresolved = bool(rows and rows[0][0])
 
     def watermark(self) -> int:
         with self._lock:
@@ -92,6 +96,8 @@ class Ledger:
         return {r[0]: LinkedContext(r[0], r[1], r[2], r[3]) for r in rows}
 
     def dependents(self, trace_ids: Sequence[str]) -> set[str]:
+        if not self._maybe_unresolved:
+            return set()
         with self._lock:
             self._ids("_ask", trace_ids)
             try:
@@ -106,6 +112,8 @@ class Ledger:
     def write(self, settlement: Settlement) -> None:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         summaries = [r.summary for r in settlement.results]
+        if any(s.unresolved_links for s in summaries):
+            self._maybe_unresolved = True  # before the commit: a failed write leaves it set, which is safe
         calls = settlement.table()
         traces = pa.table(
             {

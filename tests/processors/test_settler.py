@@ -172,3 +172,21 @@ def test_a_backlog_is_settled_in_bounded_transactions_with_the_same_result(tmp_p
     # JOB (2 spans), the two TWICE traces (1 + 1), REQUEST (3: alone, a trace is never split), then the job again
     assert writes[:3] == [[2], [1, 1], [3]]
     assert len(writes) == 4 and writes[3] == [2]
+
+
+def test_job_settled_before_a_restart_is_re_settled_when_its_request_arrives_after_it(tmp_path: Path) -> None:
+    """The ledger skips the dependents lookup while no settled trace waits for a link: after a restart it must
+    still know that one does (the job settled before it)."""
+    src = ListSource()
+    path = tmp_path / "l.duckdb"
+    con, s = make(path, src)
+    feed(s, src, JOB)
+    s.flush()
+    assert calls(con)[0][5] == "link_unresolved"
+    con.close()
+    con, s = make(path, src)
+    s.recover()
+    feed(s, src, REQUEST)
+    s.flush()
+    job = [r for r in calls(con) if r[0].startswith("b")]
+    assert job[0][3:5] == ("acme", "link")
