@@ -33,6 +33,23 @@ _SUPPORT_DDL = (
 )
 
 
+# The other reports of a call are looked for among the calls that started within a day of it: two spans reporting
+# one provider response (same gen_ai.response.id) describe the same request, seconds apart at most. Rows are
+# appended in arrival order, so DuckDB's per-row-group min/max of start_time skips the rest of the table: the
+# unbounded lookup scanned every dedup_key in the ledger on every settle tick, and grew with it.
+DEDUP_WINDOW = dt.timedelta(days=1)
+DEDUP_WINDOW_SQL = " AND start_time BETWEEN ? AND ?"
+
+
+def _window(calls: pa.Table) -> list[dt.datetime]:
+    if calls.num_rows == 0:
+        return [dt.datetime(1970, 1, 1), dt.datetime(1970, 1, 1)]
+    span = pc.min_max(calls.column("start_time").cast(pa.int64()))  # ns since the epoch (as_py refuses ns)
+    epoch = dt.datetime(1970, 1, 1)
+    lo, hi = (epoch + dt.timedelta(microseconds=span[k].as_py() // 1000) for k in ("min", "max"))
+    return [lo - DEDUP_WINDOW, hi + DEDUP_WINDOW]
+
+
 class Ledger:
     """Threading: ``write`` is called by the settler thread only; the read helpers may be called from it too.
     Query APIs open their own cursors (see ``ledger.query``)."""
@@ -151,11 +168,13 @@ class Ledger:
                         # the whole ledger, so skipping them matters as it grows); the dedup keys it touches are
                         # its own.
                         touched = "_keys"
+                        window, bounds = DEDUP_WINDOW_SQL, _window(calls)
                     else:
                         con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys UNION "
                                     "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
                                     "(SELECT trace_id FROM _traces)")
                         touched = "_touched"
+                        window, bounds = "", []  # rare (a re-settle): exact over the whole table
                         con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
                         con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
                         con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
@@ -172,9 +191,9 @@ class Ledger:
                         SELECT trace_id, span_id, dup FROM (
                             SELECT trace_id, span_id, is_duplicate, row_number() OVER (
                                 PARTITION BY dedup_key ORDER BY dedup_rank, trace_id, span_id) > 1 AS dup
-                            FROM calls WHERE dedup_key IN (SELECT dedup_key FROM {touched})
+                            FROM calls WHERE dedup_key IN (SELECT dedup_key FROM {touched}){window}
                         ) WHERE dup IS DISTINCT FROM is_duplicate
-                        """
+                        """, bounds
                     ).to_arrow_table()
                     if flips.num_rows:
                         con.register("_flips", flips)

@@ -190,3 +190,19 @@ def test_job_settled_before_a_restart_is_re_settled_when_its_request_arrives_aft
     s.flush()
     job = [r for r in calls(con) if r[0].startswith("b")]
     assert job[0][3:5] == ("acme", "link")
+
+
+def test_a_call_reported_again_in_a_later_settlement_is_billed_once(tmp_path: Path) -> None:
+    """The lookup of a call's other reports is bounded to calls that started within a day of it (ledger
+    DEDUP_WINDOW); span times carry nanoseconds."""
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    t0 = 1_767_225_600_123_456_789
+    feed(s, src, [span("g", "1", kind=3, attrs=chat(10, 1, response_id="r7", **{"tenant.id": "acme"}), start=t0)])
+    s.flush()
+    feed(s, src, [span("h", "1", kind=3, start=t0 + 3_000_001,
+                       attrs=chat(10, 1, response_id="r7", **{"tenant.id": "acme", "server.address": "x"}))])
+    s.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls ORDER BY trace_id").fetchall()
+    assert [(t[0], d) for t, d in rows] == [("g", True), ("h", False)]  # the wire span wins
+    assert len(calls(con)) == 1
