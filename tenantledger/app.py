@@ -152,6 +152,7 @@ class Service:
         # since the last one stays in its cache, hence the cap at half of it.
         checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 2))
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
+        self.con.execute(f"SET threads = {config.ledger.duckdb_threads or usable_cpus()}")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})

@@ -44,6 +44,10 @@ class LedgerConfig(_Strict):
     (DuckDB's default) took ~40 % more DuckDB time per settled span than 128 MiB (bench/README.md). Larger: a longer
     WAL replay after a crash, and more table data in memory between checkpoints (never more than half of serve's
     DuckDB cache)."""
+    duckdb_threads: int | None = Field(default=None, ge=1)
+    """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask). DuckDB
+    itself counts the machine's CPUs, so on one CPU of two it ran two threads that took turns: a 512-span spool
+    commit cost 6.3 ms of CPU with two, 4.4 ms with one (bench/README.md)."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from tenantledger.app import Service
+from tenantledger.app import Service, usable_cpus
 from tenantledger.config import load_config
 
 
@@ -46,5 +46,18 @@ def test_serve_caps_duckdb_cache_apart_from_export(tmp_path: Path) -> None:
             got = service.con.execute("SELECT current_setting('memory_limit'), "
                                       "current_setting('checkpoint_threshold')").fetchall()[0]
             assert got == (expected, checkpoint)
+        finally:
+            service.stop()
+
+
+def test_serve_runs_as_many_duckdb_threads_as_cpus_it_may_use(tmp_path: Path) -> None:
+    """DuckDB counts the machine's CPUs, not the process's affinity mask; serve sets its threads to the latter
+    (ledger.duckdb_threads overrides)."""
+    for extra, expected in (({}, usable_cpus()), ({"duckdb_threads": 3}, 3)):
+        ledger = {"path": str(tmp_path / f"t{expected}.duckdb"), **extra}
+        service = Service(load_config(None, {"ledger": ledger}))
+        try:
+            got = service.con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+            assert got == expected
         finally:
             service.stop()
