@@ -50,6 +50,8 @@ def _serve(db_path: str, conn: Any, workers: int, cpus: set[int]) -> None:
     )
 
     con = duckdb.connect(db_path)
+    # As `tenantledger serve` does (ledger.duckdb_threads): DuckDB counts the machine's CPUs, not the affinity mask.
+    con.execute(f"SET threads = {len(cpus)}")
     con.execute(_DDL)
     lock = threading.Lock()
     ok = ExportTraceServiceResponse().SerializeToString()

@@ -206,3 +206,60 @@ def test_a_call_reported_again_in_a_later_settlement_is_billed_once(tmp_path: Pa
     rows = con.execute("SELECT trace_id, is_duplicate FROM calls ORDER BY trace_id").fetchall()
     assert [(t[0], d) for t, d in rows] == [("g", True), ("h", False)]  # the wire span wins
     assert len(calls(con)) == 1
+
+
+def test_a_call_reported_again_after_a_restart_is_billed_once(tmp_path: Path) -> None:
+    """After a restart the ledger's filter of dedup keys is rebuilt from the ledger: a second report of a call
+    settled before the restart still finds the first."""
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, [span("g", "1", kind=3, attrs=chat(10, 1, response_id="r7", **{"tenant.id": "acme"}), seq=1)])
+    s.flush()
+    con.close()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, [span("h", "1", kind=3, seq=2,
+                       attrs=chat(10, 1, response_id="r7", **{"tenant.id": "acme", "server.address": "x"}))])
+    s.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls ORDER BY trace_id").fetchall()
+    assert rows == [("g".ljust(32, "0"), True), ("h".ljust(32, "0"), False)]
+
+
+def test_reports_older_than_the_filter_covers_are_matched_exactly(tmp_path: Path) -> None:
+    """A restart builds the filter from the calls of the last DEDUP_WINDOW only; a report of an older call
+    (a replayed backlog) is then matched by looking in the ledger itself."""
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    t0 = 1_767_225_600_000_000_000
+    day = 86_400 * 10**9
+    feed(s, src, [span("g", "1", kind=3, start=t0, seq=1,
+                       attrs=chat(10, 1, response_id="old", **{"tenant.id": "acme"})),
+                  span("k", "1", kind=3, start=t0 + day, seq=2,
+                       attrs=chat(10, 1, response_id="new", **{"tenant.id": "acme"}))])
+    s.flush()
+    con.close()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, [span("h", "1", kind=3, start=t0 + 5_000, seq=3,
+                       attrs=chat(10, 1, response_id="old", **{"tenant.id": "acme", "server.address": "x"}))])
+    s.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls WHERE response_id = 'old' "
+                       "ORDER BY trace_id").fetchall()
+    assert [(t[0], d) for t, d in rows] == [("g", True), ("h", False)]
+
+
+def test_the_filter_is_rebuilt_when_full_and_still_finds_earlier_reports(tmp_path: Path, monkeypatch: Any) -> None:
+    import ledger._ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "SEEN_KEYS_MIN_CAPACITY", 1024)
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    many = [span(f"m{i:04d}", "1", kind=3, seq=i + 1, attrs=chat(1, 1, response_id=f"r{i}", **{"tenant.id": "acme"}))
+            for i in range(1100)]
+    feed(s, src, many)
+    s.flush()
+    ledger = s._sink
+    assert isinstance(ledger, Ledger) and ledger._seen.capacity >= 2 * 1100  # rebuilt with room to grow
+    feed(s, src, [span("z", "1", kind=3, seq=2000,
+                       attrs=chat(1, 1, response_id="r5", **{"tenant.id": "acme", "server.address": "x"}))])
+    s.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls WHERE response_id = 'r5' ORDER BY trace_id").fetchall()
+    assert [(t[:5], d) for t, d in rows] == [("m0005", True), ("z0000", False)]
