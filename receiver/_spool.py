@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -60,16 +61,30 @@ _SCHEMA = pa.schema(
     ]
 )
 _COLUMNS = ", ".join(_SCHEMA.names)
+_COLUMNS_SCHEMA = _SCHEMA.remove(0)  # all but seq
 
 SpanListener = Callable[[list[StagedSpan]], None]
 
 
-class Spool:
-    """Append-only durable staging.
+@dataclass(eq=False)
+class _Ticket:
+    """One request's spans waiting to be committed by whichever appending thread commits next."""
 
-    Threading: ``append`` may be called from any number of receiver threads; appends are serialised so that
-    sequence numbers are committed and published in order (a reader that has seen seq N has seen all < N).
-    Listeners run on the appending thread, after the commit, and must not block.
+    ex: Extracted
+    baggage: str | None
+    table: pa.Table
+    done: bool = False
+    error: duckdb.Error | None = None
+
+
+class Spool:
+    """Append-only durable staging, with group commit.
+
+    Threading: ``append`` may be called from any number of receiver threads. Each call queues its spans; the
+    thread that next holds the commit lock commits everything queued, in queue order, as one transaction (one WAL
+    sync for all): a 512-span commit cost 9.2 ms of CPU alone, 5.7 ms a request in groups of four
+    (bench/README.md). Sequence numbers are committed and published in order (a reader that has seen seq N has
+    seen all < N). Listeners run on the committing thread, after the commit, and must not block.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -81,7 +96,9 @@ class Spool:
         # transaction makes the shutdown CHECKPOINT fail.
         rows = self._con.execute("SELECT coalesce(max(seq), 0) FROM staging_spans").fetchall()
         self._next_seq = int(rows[0][0]) + 1 if rows else 1
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while committing
+        self._queue: list[_Ticket] = []
+        self._queue_lock = threading.Lock()
         self._listeners: list[SpanListener] = []
 
     def subscribe(self, listener: SpanListener) -> None:
@@ -99,47 +116,45 @@ class Spool:
         n = len(ex)
         if n == 0:
             return 0
+        ticket = _Ticket(ex, export_baggage, _columns(ex, export_baggage))  # built before queueing: in parallel
+        with self._queue_lock:
+            self._queue.append(ticket)
         with self._lock:
-            first = self._next_seq
-            table = pa.table(
-                [
-                    pa.array(range(first, first + n), pa.int64()),
-                    pa.array(ex.trace_id, pa.string()),
-                    pa.array(ex.span_id, pa.string()),
-                    pa.array(ex.parent_span_id, pa.string()),
-                    pa.array(ex.name, pa.string()),
-                    pa.array(ex.kind, pa.int8()),
-                    pa.array(ex.start_ns, pa.int64()),
-                    pa.array(ex.end_ns, pa.int64()),
-                    pa.array(ex.service_name, pa.string()),
-                    pa.array(ex.scope_name, pa.string()),
-                    pa.array(ex.scope_version, pa.string()),
-                    pa.array(ex.attributes, pa.string()),
-                    pa.array(ex.resource_attributes, pa.string()),
-                    pa.array(ex.events, pa.string()),
-                    pa.array(ex.links, pa.string()),
-                    pa.array([export_baggage] * n, pa.string()),
-                    pa.array(ex.status_code, pa.int8()),
-                ],
-                schema=_SCHEMA,
-            )
+            if not ticket.done:  # else a thread that held the lock before us committed it (or failed to)
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit(group)
+        if ticket.error is not None:
+            raise StorageUnavailable(f"could not commit spans to the ledger file: {ticket.error}") from ticket.error
+        return n
+
+    def _commit(self, group: list[_Ticket]) -> None:
+        first = self._next_seq
+        total = sum(t.table.num_rows for t in group)
+        data = pa.concat_tables([t.table for t in group]) if len(group) > 1 else group[0].table
+        table = data.add_column(0, "seq", pa.array(range(first, first + total), pa.int64()))
+        try:
+            self._con.register("_incoming", table)
             try:
-                self._con.register("_incoming", table)
-                try:
-                    # One statement = one auto-committed transaction; DuckDB syncs its WAL on commit, so a kill -9
-                    # after this line loses nothing. (Not a relation's insert_into: with the disk full, that one
-                    # returned without error while the rows never became durable — tests/reliability.)
-                    self._con.execute(f"INSERT INTO staging_spans ({_COLUMNS}) SELECT {_COLUMNS} FROM _incoming")
-                finally:
-                    self._con.unregister("_incoming")
-            except duckdb.Error as e:
-                raise StorageUnavailable(f"could not commit spans to the ledger file: {e}") from e
-            self._next_seq = first + n
+                # One statement = one auto-committed transaction; DuckDB syncs its WAL on commit, so a kill -9
+                # after this line loses nothing. (Not a relation's insert_into: with the disk full, that one
+                # returned without error while the rows never became durable — tests/reliability.)
+                self._con.execute(f"INSERT INTO staging_spans ({_COLUMNS}) SELECT {_COLUMNS} FROM _incoming")
+            finally:
+                self._con.unregister("_incoming")
+        except duckdb.Error as e:
+            for t in group:  # nothing of the group was stored: each of its requests is refused, retryably
+                t.error, t.done = e, True
+            return
+        self._next_seq = first + total
+        seq = first
+        for t in group:
+            t.done = True
             if self._listeners:
-                spans = _published(ex, first, export_baggage)
+                spans = _published(t.ex, seq, t.baggage)
                 for listener in self._listeners:
                     listener(spans)
-        return n
+            seq += t.table.num_rows
 
     # --- read back (recovery, late spans) ---------------------------------------------------------
 
@@ -165,6 +180,32 @@ class Spool:
             finally:
                 cur.unregister("_want")
         return rows_to_spans(rows)
+
+
+def _columns(ex: Extracted, export_baggage: str | None) -> pa.Table:
+    """The staged columns of one request, without ``seq`` (numbered when committed)."""
+    n = len(ex)
+    return pa.table(
+        [
+            pa.array(ex.trace_id, pa.string()),
+            pa.array(ex.span_id, pa.string()),
+            pa.array(ex.parent_span_id, pa.string()),
+            pa.array(ex.name, pa.string()),
+            pa.array(ex.kind, pa.int8()),
+            pa.array(ex.start_ns, pa.int64()),
+            pa.array(ex.end_ns, pa.int64()),
+            pa.array(ex.service_name, pa.string()),
+            pa.array(ex.scope_name, pa.string()),
+            pa.array(ex.scope_version, pa.string()),
+            pa.array(ex.attributes, pa.string()),
+            pa.array(ex.resource_attributes, pa.string()),
+            pa.array(ex.events, pa.string()),
+            pa.array(ex.links, pa.string()),
+            pa.array([export_baggage] * n, pa.string()),
+            pa.array(ex.status_code, pa.int8()),
+        ],
+        schema=_COLUMNS_SCHEMA,
+    )
 
 
 def _published(ex: Extracted, first: int, export_baggage: str | None) -> list[StagedSpan]:

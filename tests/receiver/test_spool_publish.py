@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import duckdb
 import pytest
 
 from processors._dialects import EXTRA_KEYS
 from processors.config import IdentityConfig
-from receiver import AttributeFilter, Spool, StagedSpan, extract
+from receiver import AttributeFilter, Spool, StagedSpan, StorageUnavailable, extract
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
 
 
@@ -32,3 +36,56 @@ def test_published_spans_equal_the_committed_rows(baggage: str | None) -> None:
     assert len(read_back) > 100
     assert any(s.links for s in read_back) and any(s.events for s in read_back)
     assert published == read_back
+
+
+def _requests(filt: AttributeFilter) -> list[tuple[str, object]]:
+    return [(name, extract(fixture_to_protobuf(load_fixture(name)), filt)) for name in fixture_names()]
+
+
+def test_concurrent_appends_are_committed_once_each_in_sequence_order(tmp_path: Any) -> None:
+    """Group commit: whichever thread commits takes every queued request; each request is still committed exactly
+    once, sequence numbers are contiguous, and listeners see them in order."""
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))
+    spool = Spool(con)
+    published: list[StagedSpan] = []
+    spool.subscribe(published.extend)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS))
+    per_thread = 12
+    barrier = threading.Barrier(8)
+
+    def work(k: int) -> int:
+        barrier.wait()
+        return sum(spool.append(reqs[(k + i) % len(reqs)][1], f"tenant.id=t{k}") for i in range(per_thread))
+
+    with ThreadPoolExecutor(8) as pool:
+        acked = sum(pool.map(work, range(8)))
+    rows = con.execute("SELECT seq, export_baggage FROM staging_spans ORDER BY seq").fetchall()
+    assert acked == len(rows) == len(published) and acked > 8 * per_thread
+    assert [r[0] for r in rows] == list(range(1, acked + 1))
+    assert [s.seq for s in published] == list(range(1, acked + 1))
+    assert spool.read_after(0, 1_000_000) == published
+    for k in range(8):  # every request's spans kept their own baggage
+        assert sum(1 for r in rows if r[1] == f"tenant.id=t{k}") == sum(
+            len(reqs[(k + i) % len(reqs)][1]) for i in range(per_thread))
+
+
+def test_a_failed_group_commit_refuses_every_request_of_the_group_and_publishes_nothing(tmp_path: Any) -> None:
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))
+    spool = Spool(con)
+    published: list[StagedSpan] = []
+    spool.subscribe(published.extend)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    con.cursor().execute("DROP TABLE staging_spans")  # every commit now fails
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            spool.append(reqs[k % len(reqs)][1])
+        except StorageUnavailable as e:
+            errors.append(e)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(16)))
+    assert len(errors) == 16 and not published
+    assert all("could not commit spans" in str(e) for e in errors)
+    assert spool.last_seq == 0
