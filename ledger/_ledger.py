@@ -58,11 +58,10 @@ def _ranked(calls: pa.Table) -> pa.Table:
     INSERT cost ~11 ms per 900-call settlement, duplicates or not."""
     order = pc.sort_indices(calls, sort_keys=[("dedup_key", "ascending"), ("dedup_rank", "ascending"),
                                               ("trace_id", "ascending"), ("span_id", "ascending")])
-    key = pc.take(calls.column("dedup_key"), order)
+    key = pc.take(calls.column("dedup_key"), order).combine_chunks()
     # In sorted order a row is a duplicate when its key equals the previous row's (nulls sort last, never equal).
     same = pc.fill_null(pc.equal(key.slice(1), key.slice(0, len(key) - 1)), False)
-    dup_sorted = pa.concat_arrays([pa.array([False]), same.combine_chunks() if isinstance(same, pa.ChunkedArray)
-                                   else same])
+    dup_sorted = pa.concat_arrays([pa.array([False]), same])
     return calls.append_column("is_duplicate", pc.take(dup_sorted, pc.sort_indices(order)))
 
 
@@ -193,7 +192,9 @@ class Ledger:
         con = self._con
         # Each statement costs ~1 ms of DuckDB overhead whatever its size, and a settle tick is one transaction of a
         # few hundred calls (bench/README.md): statements with nothing to do are skipped.
-        tables = [("_calls", calls), ("_traces", traces), ("_keys", keys)]
+        tables = [("_calls", calls), ("_traces", traces)]
+        if not fresh:
+            tables.append(("_keys", keys))  # a fresh settlement looks up only the filter's candidates (_maybe)
         if links.num_rows:
             tables.append(("_links", links))
         with self._lock:
