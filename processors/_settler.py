@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,7 +53,7 @@ class SpanSource(Protocol):
 class SettlementSink(Protocol):
     def write(self, settlement: Settlement) -> None: ...
     def watermark(self) -> int: ...
-    def known_traces(self, trace_ids: Sequence[str]) -> set[str]: ...
+    def known_traces(self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None) -> set[str]: ...
     def trace_contexts(self, trace_ids: Sequence[str]) -> dict[str, LinkedContext]: ...
     def dependents(self, trace_ids: Sequence[str]) -> set[str]: ...
 
@@ -63,6 +63,22 @@ class _Pending:
     spans: dict[str, StagedSpan] = field(default_factory=dict)
     last_arrival: float = 0.0
     min_seq: int = 0
+
+
+@dataclass
+class _Job:
+    """One batch between preparation and its ledger write."""
+
+    t0: float
+    trace_ids: list[str]
+    spans_by_trace: dict[str, dict[str, StagedSpan]]
+    in_batch: set[str]
+    replaced: frozenset[str]
+    order: list[str]
+    batch: dict[str, list[StagedSpan]]
+    contexts: dict[str, LinkedContext]
+    results: list[TraceResult] = field(default_factory=list)
+    table: pa.Table | None = None
 
 
 @dataclass
@@ -106,6 +122,7 @@ class Settler:
         self._max_seen_seq = 0
         self._resettle: set[str] = set()
         self._cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]] = OrderedDict()
+        self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -233,19 +250,61 @@ class Settler:
         split). A link target settled in an earlier batch is found in the cache; one in a later batch makes the
         linking trace a dependent, settled again once its target is (as across ticks)."""
         limit = self._cfg.max_batch_spans
-        n, size = 0, 0
-        batch: list[str] = []
+        batches: list[list[str]] = []
+        size = 0
         for tid in dict.fromkeys(due):
             p = self._pending.get(tid)
             cached = self._cache.get(tid)
             k = len(p.spans) if p is not None else (len(cached[0]) if cached is not None else 1)
-            if batch and size + k > limit:
-                n += self._settle(batch)
-                batch, size = [], 0
-            batch.append(tid)
+            if batches and batches[-1] and size + k > limit:
+                batches.append([])
+                size = 0
+            if not batches:
+                batches.append([])
+            batches[-1].append(tid)
             size += k
-        if batch:
-            n += self._settle(batch)
+        if self._worker is None or len(batches) < 2:
+            return sum(self._settle(b) for b in batches)
+        return self._settle_pipelined(batches, self._worker)
+
+    def _settle(self, trace_ids: list[str]) -> int:
+        job = self._prepare(trace_ids)
+        if self._worker is not None:
+            job.results, job.table = self._worker.settle(job.order, job.batch, job.contexts)
+        else:
+            job.results = settle_traces(job.order, job.batch, job.contexts, self._cfg.identity, self._pricer)
+            job.table = records_table([rec for r in job.results for rec in r.records])
+        return self._commit(job)
+
+    def _settle_pipelined(self, batches: list[list[str]], worker: SettleWorker) -> int:
+        """A backlog of several batches: the worker computes batch i+1 while this thread writes batch i to the
+        ledger (ADR 0003). Batch i+1 is prepared after batch i's results are back, so a link from i+1 to a trace
+        of i resolves from those results (``_unwritten``) although they are not in the ledger yet."""
+        n = 0
+        ready: _Job | None = None
+        try:
+            for trace_ids in batches:
+                job = self._prepare(trace_ids)
+                worker.submit(job.order, job.batch, job.contexts)
+                if ready is not None:
+                    try:
+                        n += self._commit(ready)
+                    except BaseException:
+                        # Keep the pipe in step; the in-flight batch is still pending and is retried with this one.
+                        try:
+                            worker.collect()
+                        except Exception:
+                            pass
+                        raise
+                    ready = None
+                job.results, job.table = worker.collect()
+                for r in job.results:
+                    self._unwritten[r.summary.trace_id] = r.summary
+                ready = job
+            if ready is not None:
+                n += self._commit(ready)
+        finally:
+            self._unwritten.clear()
         return n
 
     def _admit(self, spans: Iterable[StagedSpan], now: float) -> None:
@@ -264,7 +323,9 @@ class Settler:
             p.last_arrival = now
             p.min_seq = min(p.min_seq, s.seq)
 
-    def _settle(self, trace_ids: list[str]) -> int:
+    def _prepare(self, trace_ids: list[str]) -> _Job:
+        """Everything a batch needs before attribution: its pending spans merged with what was settled of the same
+        traces before (cache, else the spool), and the contexts of link targets outside the batch."""
         t0 = self._clock()
         trace_ids = list(dict.fromkeys(trace_ids))
         spans_by_trace: dict[str, dict[str, StagedSpan]] = {}
@@ -274,7 +335,12 @@ class Settler:
         # A trace settled before (late span, restart, or a dependent): merge with what was settled.
         cached = {tid for tid in trace_ids if tid in self._cache}
         missing = [tid for tid in trace_ids if tid not in cached]
-        known = self._sink.known_traces(missing) if missing else set()
+        known: set[str] = set()
+        if missing:
+            # When each trace's spans started lets the ledger skip the lookup of new traces (ledger.TRACE_WINDOW).
+            started = {tid: min(s.start_time_unix_nano for s in spans_by_trace[tid].values())
+                       for tid in missing if spans_by_trace[tid]}
+            known = self._sink.known_traces(missing, started)
         for tid in trace_ids:
             if tid in self._cache:
                 self.stats.resettled += 1
@@ -290,32 +356,32 @@ class Settler:
                     spans_by_trace[s.trace_id][s.span_id] = s
         trace_ids = [tid for tid in trace_ids if spans_by_trace[tid]]
 
-        # Link targets: settle targets first within the batch; otherwise ask the cache, then the ledger.
+        # Link targets: settle targets first within the batch; otherwise ask the batch computed but not yet
+        # written (pipelined settle), the cache, then the ledger (as before a restart).
         in_batch = set(trace_ids)
         targets = {ln.trace_id for tid in trace_ids for s in spans_by_trace[tid].values() for ln in s.links}
-        outside = sorted(t for t in targets if t not in in_batch and t not in self._cache)
-        stored = self._sink.trace_contexts(outside) if outside else {}
-        # Link targets outside the batch: the settled-trace cache first, then the ledger (as before a restart).
-        contexts = dict(stored)
-        for t in targets:
-            if t not in in_batch and t in self._cache:
-                summ = self._cache[t][1]
-                contexts[t] = LinkedContext(summ.trace_id, summ.request_id, summ.tenant_id, summ.user_id)
+        local = {t for t in targets if t not in in_batch and (t in self._cache or t in self._unwritten)}
+        outside = sorted(t for t in targets if t not in in_batch and t not in local)
+        contexts = self._sink.trace_contexts(outside) if outside else {}
+        for t in local:
+            summ = self._unwritten[t] if t in self._unwritten else self._cache[t][1]
+            contexts[t] = LinkedContext(summ.trace_id, summ.request_id, summ.tenant_id, summ.user_id)
         order = _link_order(trace_ids, spans_by_trace)
         batch = {tid: list(spans_by_trace[tid].values()) for tid in order}
-        if self._worker is not None:
-            results, table = self._worker.settle(order, batch, contexts)
-        else:
-            results = settle_traces(order, batch, contexts, self._cfg.identity, self._pricer)
-            table = records_table([rec for r in results for rec in r.records])
+        replaced = frozenset(tid for tid in trace_ids if tid in cached or tid in known)
+        return _Job(t0, trace_ids, spans_by_trace, in_batch, replaced, order, batch, contexts)
 
+    def _commit(self, job: _Job) -> int:
+        """Hand a computed batch to the ledger; on failure its traces stay pending (the next tick retries)."""
+        trace_ids, spans_by_trace = job.trace_ids, job.spans_by_trace
+        results, table = job.results, job.table
         for tid in trace_ids:
             p = self._pending.pop(tid, None)
             if p is not None:
                 self._pending_spans -= len(p.spans)
+        # Traces of later batches of a pipelined settle are still pending: the watermark stays below them.
         watermark = min((p.min_seq for p in self._pending.values()), default=self._max_seen_seq + 1) - 1
-        replaced = frozenset(tid for tid in trace_ids if tid in cached or tid in known)
-        settlement = Settlement(tuple(results), watermark, table, replaced)
+        settlement = Settlement(tuple(results), watermark, table, job.replaced)
         t1 = self._clock()
         try:
             self._sink.write(settlement)
@@ -330,13 +396,13 @@ class Settler:
                         self._pending_spans += 1
             raise
         self.stats.last_write_s = self._clock() - t1
-        self.stats.last_settle_lag_s = self._clock() - t0
+        self.stats.last_settle_lag_s = self._clock() - job.t0
         self.stats.traces_settled += len(results)
         for r in results:
             self._remember(r.summary.trace_id, spans_by_trace[r.summary.trace_id], r.summary)
         # Traces whose links pointed at these and could not be resolved before: settle them again.
         try:
-            self._resettle |= self._sink.dependents(trace_ids) - in_batch
+            self._resettle |= self._sink.dependents(trace_ids) - job.in_batch
         except Exception:
             log.exception("could not look up dependent traces")
         return len(results)

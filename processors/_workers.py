@@ -13,7 +13,7 @@ import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import pyarrow as pa
 
@@ -163,8 +163,10 @@ class SettleWorker:
     """One worker process. Restarted with the ``spawn`` method: by then the server has threads and an open
     DuckDB database, which a fork would copy mid-state.
 
-    Threading: ``settle`` is called by the settler thread only (one batch at a time); ``close`` from any thread.
-    A worker that dies is restarted on the next batch; the batch it held is retried (the spans are in the spool).
+    Threading: ``settle``, ``submit`` and ``collect`` are called by the settler thread only; at most one batch is
+    in flight (``submit`` then ``collect``; the settler writes the previous batch in between). ``close`` may be
+    called from any thread. A worker that dies is restarted on the next batch; the batch it held is retried
+    (the spans are in the spool).
     """
 
     def __init__(self, identity: IdentityConfig, pricing: PricingConfig) -> None:
@@ -172,6 +174,7 @@ class SettleWorker:
         self._lock = threading.Lock()
         self._proc: Any = None
         self._conn: Any = None
+        self._inflight = False
         self.restarts = 0
 
     def _ensure(self, method: str = "spawn") -> None:
@@ -199,15 +202,41 @@ class SettleWorker:
     def settle(self, order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
                outside: Mapping[str, LinkedContext]) -> tuple[list[TraceResult], pa.Table]:
         """The batch's results (summaries only) and all their records as one table (processors._columns)."""
+        self.submit(order, spans, outside)
+        return self.collect()
+
+    def submit(self, order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
+               outside: Mapping[str, LinkedContext]) -> None:
+        """Send a batch; the worker computes it while the caller does something else until ``collect``. The
+        worker is idle when a batch is sent (one in flight at most), so neither side can block the other on a
+        full pipe."""
         with self._lock:
+            if self._inflight:
+                raise RuntimeError("a batch is already in flight: collect it first")
             self._ensure()
             try:
                 self._conn.send_bytes(_encode_batch(order, spans, outside))
-                return _decode_results(self._conn.recv_bytes())
             except (EOFError, OSError) as e:
-                # Died mid-batch (killed, out of memory): restart on the next call; the settler retries.
-                self._proc.join(5)
-                raise RuntimeError(f"settle worker died while settling a batch: {e!r}") from e
+                self._died(e)
+            self._inflight = True
+
+    def collect(self) -> tuple[list[TraceResult], pa.Table]:
+        """The results of the batch in flight (waits for them). Raises RuntimeError if the worker failed on it
+        or died."""
+        with self._lock:
+            if not self._inflight:
+                raise RuntimeError("no batch in flight")
+            self._inflight = False
+            try:
+                data = self._conn.recv_bytes()
+            except (EOFError, OSError) as e:
+                self._died(e)
+        return _decode_results(data)
+
+    def _died(self, e: BaseException) -> NoReturn:
+        # Died mid-batch (killed, out of memory): restarted on the next call; the settler retries the batch.
+        self._proc.join(5)
+        raise RuntimeError(f"settle worker died while settling a batch: {e!r}") from e
 
     def close(self) -> None:
         with self._lock:
@@ -223,4 +252,5 @@ class SettleWorker:
                 self._proc.kill()
                 self._proc.join(5)
             self._proc = None
+            self._inflight = False
 

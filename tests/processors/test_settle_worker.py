@@ -8,6 +8,7 @@ import os
 import signal
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -21,7 +22,7 @@ from processors.config import IdentityConfig
 from receiver import StagedSpan
 from tests.conftest import fixture_names
 from tests.processors.test_dialects import load_spans
-from tests.processors.test_settler import ALL, ListSource, calls, feed
+from tests.processors.test_settler import ALL, JOB, REQUEST, TWICE, ListSource, calls, feed
 
 
 def _batch(spans: list[StagedSpan]) -> tuple[list[str], dict[str, list[StagedSpan]]]:
@@ -94,3 +95,81 @@ def test_failing_batch_is_reported_and_the_worker_lives_on(worker: SettleWorker)
         worker.settle([ALL[0].trace_id], {ALL[0].trace_id: [broken]}, {})
     _same(worker.settle(order, batch, {}), settle_traces(order, batch, {}, IdentityConfig(), Pricer(PricingConfig())))
     assert worker.restarts == 0
+
+
+def _recording_ledger(
+    con: duckdb.DuckDBPyConnection, worker: SettleWorker, fail_on: set[int]
+) -> tuple[Ledger, list[Any]]:
+    """A real ledger whose writes are recorded: the traces written (by their test letter), and whether the worker
+    held a batch then."""
+    ledger = Ledger(con)
+    writes: list[Any] = []
+    write = ledger.write
+
+    def recording(settlement: Any) -> None:
+        writes.append(([r.summary.trace_id[0] for r in settlement.results], worker._inflight))
+        if len(writes) in fail_on:
+            raise duckdb.IOException("disk full (injected)")
+        write(settlement)
+
+    ledger.write = recording  # type: ignore[method-assign]
+    return ledger, writes
+
+
+def _in_process_reference(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    """The ledger one in-process settle of every span gives."""
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "ref.duckdb"))
+    ref = Settler(ProcessorsConfig(wait_duration_s=0, settle_workers=0), src, Ledger(con), Pricer(PricingConfig()))
+    feed(ref, src, ALL)
+    ref.flush()
+    return con
+
+
+def test_a_backlog_is_pipelined_and_a_link_to_the_batch_being_written_resolves(tmp_path: Path) -> None:
+    """Several batches due at once: the worker computes the next batch while the previous one is written, and
+    the ledger is the one a single in-process transaction gives. The job links to the request settled in the
+    batch before it; with no settled-trace cache, it resolves from that batch's results (not yet in the ledger)
+    at once instead of being settled again later."""
+    ref_con = _in_process_reference(tmp_path)
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    w = SettleWorker(IdentityConfig(), PricingConfig())
+    w.start()
+    ledger, writes = _recording_ledger(con, w, fail_on=set())
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2)
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), worker=w)
+    try:
+        feed(settler, src2, REQUEST + JOB + TWICE)
+        settler.flush()
+    finally:
+        w.close()
+    assert calls(con) == calls(ref_con)
+    # REQUEST (alone: a trace is never split), JOB, the two TWICE traces; each written while the next was computed
+    assert writes == [(["a"], True), (["b"], True), (["c", "d"], False)]
+    job = [r for r in calls(con) if r[0].startswith("b")][0]
+    assert job[3:5] == ("acme", "link")
+
+
+def test_a_failed_write_in_a_pipelined_backlog_loses_nothing(tmp_path: Path) -> None:
+    """The first transaction of a pipelined backlog fails while the worker holds the next batch: both batches stay
+    pending, the worker is not restarted (the pipe stays in step), and the retry gives the same ledger."""
+    ref_con = _in_process_reference(tmp_path)
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    w = SettleWorker(IdentityConfig(), PricingConfig())
+    w.start()
+    ledger, writes = _recording_ledger(con, w, fail_on={1})
+    cfg = ProcessorsConfig(wait_duration_s=0, max_batch_spans=2)
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), worker=w)
+    try:
+        feed(settler, src2, ALL)
+        with pytest.raises(duckdb.IOException, match="injected"):
+            settler.run_once(force=True)
+        assert calls(con) == [] and settler.pending_spans == len(ALL)
+        settler.flush()
+        assert w.restarts == 0 and not w._inflight
+    finally:
+        w.close()
+    assert writes[0] == (["a"], True)
+    assert calls(con) == calls(ref_con)
