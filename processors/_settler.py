@@ -123,6 +123,7 @@ class Settler:
         self._resettle: set[str] = set()
         self._cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]] = OrderedDict()
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
+        self._inflight: _Job | None = None  # sent to the worker, results not collected yet
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -216,6 +217,9 @@ class Settler:
     # --- one tick -----------------------------------------------------------------------------------
 
     def run_once(self, *, force: bool = False) -> int:
+        """One tick. With a settle worker, the tick's last batch is left computing in the worker and written by
+        the next tick (so the worker computes while this thread waits, admits and writes); ``force`` (flush,
+        stop) writes everything before returning."""
         with self._lock:
             if self._shed.is_set():
                 self._shed.clear()
@@ -227,25 +231,34 @@ class Settler:
                 self._inbox_spans = 0
             for spans in batches:
                 self._admit(spans, now)
+            busy = set(self._inflight.trace_ids) if self._inflight is not None else set()
             wait = self._cfg.wait_duration_s
-            due = [tid for tid, p in self._pending.items() if force or now - p.last_arrival >= wait]
-            overflow = len(self._pending) - len(due) - self._cfg.max_traces
+            due = [tid for tid, p in self._pending.items()
+                   if (force or now - p.last_arrival >= wait) and tid not in busy]
+            overflow = len(self._pending) - len(due) - len(busy) - self._cfg.max_traces
             if overflow > 0:
                 # Bounded memory: settle the oldest early, as groupbytrace evicts; a late span re-settles.
                 due_set = set(due)
-                extra = [tid for tid in self._pending if tid not in due_set][:overflow]
+                extra = [tid for tid in self._pending if tid not in due_set and tid not in busy][:overflow]
                 self.stats.evicted_early += len(extra)
                 due.extend(extra)
-            due.extend(tid for tid in self._resettle if tid not in self._pending)
-            self._resettle.clear()
-            if not due:
-                self._check_pressure()
-                return 0
-            n = self._settle_in_batches(due)
+            # A trace in flight is settled again once its write committed (next tick).
+            due.extend(tid for tid in self._resettle if tid not in self._pending and tid not in busy)
+            self._resettle &= busy
+            try:
+                n = self._settle_in_batches(due, keep_in_flight=not force)
+            except BaseException:
+                self._requeue(due)
+                raise
             self._check_pressure()
             return n
 
-    def _settle_in_batches(self, due: list[str]) -> int:
+    def _requeue(self, trace_ids: Iterable[str]) -> None:
+        """After a failure: traces that are not pending (dependents, re-settles) are settled again next tick;
+        pending ones stay pending anyway."""
+        self._resettle.update(t for t in trace_ids if t not in self._pending)
+
+    def _settle_in_batches(self, due: list[str], *, keep_in_flight: bool = False) -> int:
         """Settle ``due`` (oldest first) in transactions of at most ``max_batch_spans`` spans (a trace is never
         split). A link target settled in an earlier batch is found in the cache; one in a later batch makes the
         linking trace a dependent, settled again once its target is (as across ticks)."""
@@ -263,49 +276,67 @@ class Settler:
                 batches.append([])
             batches[-1].append(tid)
             size += k
-        if self._worker is None or len(batches) < 2:
+        if self._worker is None:
             return sum(self._settle(b) for b in batches)
-        return self._settle_pipelined(batches, self._worker)
+        return self._settle_pipelined(batches, self._worker, keep_in_flight)
 
     def _settle(self, trace_ids: list[str]) -> int:
+        """In this process: attribute, price and write one batch."""
         job = self._prepare(trace_ids)
-        if self._worker is not None:
-            job.results, job.table = self._worker.settle(job.order, job.batch, job.contexts)
-        else:
-            job.results = settle_traces(job.order, job.batch, job.contexts, self._cfg.identity, self._pricer)
-            job.table = records_table([rec for r in job.results for rec in r.records])
+        job.results = settle_traces(job.order, job.batch, job.contexts, self._cfg.identity, self._pricer)
+        job.table = records_table([rec for r in job.results for rec in r.records])
         return self._commit(job)
 
-    def _settle_pipelined(self, batches: list[list[str]], worker: SettleWorker) -> int:
-        """A backlog of several batches: the worker computes batch i+1 while this thread writes batch i to the
-        ledger (ADR 0003). Batch i+1 is prepared after batch i's results are back, so a link from i+1 to a trace
-        of i resolves from those results (``_unwritten``) although they are not in the ledger yet."""
+    def _settle_pipelined(self, batches: list[list[str]], worker: SettleWorker, keep_in_flight: bool) -> int:
+        """Through the worker, one batch in flight: batch i+1 is sent before batch i is written, so the worker
+        computes while this thread writes (ADR 0003); with ``keep_in_flight`` the last batch stays in the worker
+        until the next tick. A batch is prepared only after the one before it is collected, so a link into that
+        batch resolves from its results (``_unwritten``) although they are not in the ledger yet. A batch's traces
+        stay pending until its write commits: the watermark never passes them, and any failure leaves them to be
+        settled again."""
         n = 0
         ready: _Job | None = None
         try:
             for trace_ids in batches:
+                ready = self._collect(worker)
                 job = self._prepare(trace_ids)
                 worker.submit(job.order, job.batch, job.contexts)
+                self._inflight = job
                 if ready is not None:
-                    try:
-                        n += self._commit(ready)
-                    except BaseException:
-                        # Keep the pipe in step; the in-flight batch is still pending and is retried with this one.
-                        try:
-                            worker.collect()
-                        except Exception:
-                            pass
-                        raise
+                    n += self._commit(ready)
                     ready = None
-                job.results, job.table = worker.collect()
-                for r in job.results:
-                    self._unwritten[r.summary.trace_id] = r.summary
-                ready = job
+            if not keep_in_flight or not batches:
+                ready = self._collect(worker)
+                if ready is not None:
+                    n += self._commit(ready)
+                    ready = None
+        except BaseException:
+            lost = self._inflight
+            if lost is not None:  # keep the pipe in step; its batch is settled again
+                try:
+                    self._collect(worker)
+                except Exception:
+                    pass
+                self._requeue(lost.trace_ids)
             if ready is not None:
-                n += self._commit(ready)
-        finally:
+                self._requeue(ready.trace_ids)
             self._unwritten.clear()
+            raise
         return n
+
+    def _collect(self, worker: SettleWorker) -> _Job | None:
+        """The batch in flight with its results (waits for them), or None."""
+        job, self._inflight = self._inflight, None
+        if job is None:
+            return None
+        try:
+            job.results, job.table = worker.collect()
+        except BaseException:
+            self._requeue(job.trace_ids)
+            raise
+        for r in job.results:
+            self._unwritten[r.summary.trace_id] = r.summary
+        return job
 
     def _admit(self, spans: Iterable[StagedSpan], now: float) -> None:
         for s in spans:
@@ -372,33 +403,44 @@ class Settler:
         return _Job(t0, trace_ids, spans_by_trace, in_batch, replaced, order, batch, contexts)
 
     def _commit(self, job: _Job) -> int:
-        """Hand a computed batch to the ledger; on failure its traces stay pending (the next tick retries)."""
+        """Hand a computed batch to the ledger, then drop its spans from the pending ones; if the write fails,
+        nothing changed here and the next tick retries. Spans that arrived for a trace after its batch was
+        prepared (the batch was in the worker) stay pending: they re-settle the trace next."""
         trace_ids, spans_by_trace = job.trace_ids, job.spans_by_trace
         results, table = job.results, job.table
+        rest: dict[str, dict[str, StagedSpan]] = {}
         for tid in trace_ids:
-            p = self._pending.pop(tid, None)
+            p = self._pending.get(tid)
             if p is not None:
-                self._pending_spans -= len(p.spans)
-        # Traces of later batches of a pipelined settle are still pending: the watermark stays below them.
-        watermark = min((p.min_seq for p in self._pending.values()), default=self._max_seen_seq + 1) - 1
+                done = spans_by_trace[tid]
+                rest[tid] = {sid: s for sid, s in p.spans.items() if sid not in done}
+        # The watermark stays below every span still pending: later batches, and spans that arrived meanwhile.
+        low = [p.min_seq for tid, p in self._pending.items() if tid not in rest]
+        low.extend(s.seq for spans in rest.values() for s in spans.values())
+        watermark = min(low, default=self._max_seen_seq + 1) - 1
         settlement = Settlement(tuple(results), watermark, table, job.replaced)
         t1 = self._clock()
         try:
             self._sink.write(settlement)
         except Exception:
             self.stats.write_errors += 1
-            # Put the traces back: nothing is lost (the spool has them) and the next tick retries.
-            for tid in trace_ids:
-                p = self._pending.setdefault(tid, _Pending(min_seq=min(s.seq for s in spans_by_trace[tid].values())))
-                for sid, s in spans_by_trace[tid].items():
-                    if sid not in p.spans:
-                        p.spans[sid] = s
-                        self._pending_spans += 1
+            for r in results:
+                self._unwritten.pop(r.summary.trace_id, None)
+            self._requeue(trace_ids)
             raise
+        for tid, spans in rest.items():
+            p = self._pending[tid]
+            self._pending_spans -= len(p.spans) - len(spans)
+            if spans:
+                p.spans = spans
+                p.min_seq = min(s.seq for s in spans.values())
+            else:
+                del self._pending[tid]
         self.stats.last_write_s = self._clock() - t1
         self.stats.last_settle_lag_s = self._clock() - job.t0
         self.stats.traces_settled += len(results)
         for r in results:
+            self._unwritten.pop(r.summary.trace_id, None)
             self._remember(r.summary.trace_id, spans_by_trace[r.summary.trace_id], r.summary)
         # Traces whose links pointed at these and could not be resolved before: settle them again.
         try:

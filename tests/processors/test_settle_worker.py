@@ -21,6 +21,7 @@ from processors._workers import SettleWorker, settle_traces
 from processors.config import IdentityConfig
 from receiver import StagedSpan
 from tests.conftest import fixture_names
+from tests.processors.spans import chat, span
 from tests.processors.test_dialects import load_spans
 from tests.processors.test_settler import ALL, JOB, REQUEST, TWICE, ListSource, calls, feed
 
@@ -173,3 +174,34 @@ def test_a_failed_write_in_a_pipelined_backlog_loses_nothing(tmp_path: Path) -> 
         w.close()
     assert writes[0] == (["a"], True)
     assert calls(con) == calls(ref_con)
+
+
+def test_a_batch_left_in_the_worker_is_written_next_tick_and_a_span_arriving_meanwhile_is_kept(tmp_path: Path) -> None:
+    """A tick leaves its batch computing in the worker; the next tick writes it. A span of that trace arriving in
+    between is neither lost nor written with the batch: it stays pending (the watermark stays below it) and
+    re-settles the trace, which ends as if all its spans had come at once."""
+    late = span("a", "4", "1", kind=3, attrs=chat(30, 3, response_id="r4"), seq=8)
+    src = ListSource()
+    ref_con = duckdb.connect(str(tmp_path / "ref.duckdb"))
+    ref = Settler(ProcessorsConfig(wait_duration_s=0, settle_workers=0), src, Ledger(ref_con), Pricer(PricingConfig()))
+    feed(ref, src, [*REQUEST, late])
+    ref.flush()
+
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    w = SettleWorker(IdentityConfig(), PricingConfig())
+    w.start()
+    settler = Settler(ProcessorsConfig(wait_duration_s=0), src2, ledger, Pricer(PricingConfig()), worker=w)
+    try:
+        feed(settler, src2, REQUEST)
+        settler.run_once()
+        assert w._inflight and calls(con) == [] and ledger.watermark() == 0
+        feed(settler, src2, [late])
+        settler.run_once()  # writes the batch in flight; the late span waits
+        assert len(calls(con)) == 2 and settler.pending_spans == 1 and ledger.watermark() == late.seq - 1
+        settler.flush()
+    finally:
+        w.close()
+    assert calls(con) == calls(ref_con)
+    assert len(calls(con)) == 3 and ledger.watermark() == late.seq

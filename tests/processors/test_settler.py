@@ -288,3 +288,30 @@ def test_late_span_after_a_restart_re_settles_its_trace(tmp_path: Path, recent: 
     rows = calls(con)
     assert len(rows) == 1 and rows[0][3:5] == ("acme", "ancestor")
     assert con.execute("SELECT count(*) FROM traces").fetchall() == [(1,)]
+
+
+def test_a_dependent_whose_re_settle_fails_is_retried(tmp_path: Path) -> None:
+    """The job settled before its request is settled again once the request is; when that write fails, the
+    next tick retries it (the job is not pending: only the retry list brings it back)."""
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    write, writes = ledger.write, []
+
+    def failing_third(settlement: Any) -> None:
+        writes.append(settlement)
+        if len(writes) == 3:
+            raise duckdb.IOException("disk full (injected)")
+        write(settlement)
+
+    ledger.write = failing_third  # type: ignore[method-assign]
+    s = Settler(ProcessorsConfig(wait_duration_s=0, settle_workers=0), src, ledger, Pricer(PricingConfig()))
+    feed(s, src, JOB)
+    s.run_once(force=True)
+    feed(s, src, REQUEST)
+    s.run_once(force=True)  # the request; the job becomes a dependent
+    with pytest.raises(duckdb.IOException):
+        s.run_once(force=True)
+    s.run_once(force=True)
+    job = [r for r in calls(con) if r[0].startswith("b")]
+    assert len(writes) == 4 and job[0][3:5] == ("acme", "link")
