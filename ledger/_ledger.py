@@ -42,12 +42,14 @@ DEDUP_WINDOW = dt.timedelta(hours=1)
 DEDUP_WINDOW_SQL = " AND start_time BETWEEN ? AND ?"
 SEEN_KEYS_MIN_CAPACITY = 1 << 20  # 4 MiB of filter
 
-# Which traces were settled before: a filter of the traces settled in the last week (wall clock) answers for a trace
-# whose spans all started after that week began; a trace with an older span is looked up in the ledger. Without
-# it, the lookup scanned every settled trace id on each settle tick (~30 ns a trace: 15 ms at 500 k traces, which
-# is how the 10-minute benchmark fell behind). Known limit: a span that arrives more than a week after the rest of
-# its trace was settled, yet started after the week began (a trace lasting days), is settled as a new trace.
-TRACE_WINDOW = dt.timedelta(days=7)
+# Which traces were settled before: a filter of the traces settled in the last day (wall clock; a re-settle renews a
+# trace's settled_at) answers for a trace whose spans all started after that day began; a trace with an older span
+# is looked up in the ledger. Without it, the lookup scanned every settled trace id on each settle tick (~30 ns a
+# trace: 15 ms at 500 k traces, which is how the 10-minute benchmark fell behind). Rebuilding it reads a day of
+# trace ids (~2 s per million). Known limit: a trace that receives no span for over a day and then new spans that
+# started within the last day may, if the filter was rebuilt (restart, or full) in between, be settled as a new
+# trace instead of replacing its earlier rows.
+TRACE_WINDOW = dt.timedelta(days=1)
 
 
 def _window(calls: pa.Table) -> list[dt.datetime]:
