@@ -90,6 +90,8 @@ class SettlerStats:
     write_errors: int = 0
     last_settle_lag_s: float = 0.0
     last_write_s: float = 0.0
+    spans_spilled: int = 0
+    spill_episodes: int = 0
 
 
 class Settler:
@@ -124,6 +126,10 @@ class Settler:
         self._cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]] = OrderedDict()
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
         self._inflight: _Job | None = None  # sent to the worker, results not collected yet
+        self._spill_at = config.max_pending_spans_in_memory
+        self._spilling = False
+        self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
+        self._read_to = 0  # while spilling: the last sequence number read back from it
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,14 +142,46 @@ class Settler:
     # --- input --------------------------------------------------------------------------------------
 
     def on_spans(self, spans: list[StagedSpan]) -> None:
+        """Spans just committed to the spool, in sequence order (the spool publishes in commit order)."""
+        if not spans:
+            return
         with self._inbox_lock:
-            self._inbox.append(spans)
-            self._inbox_spans += len(spans)
+            if not self._spilling and self._pending_spans + self._inbox_spans + len(spans) > self._spill_at:
+                # Bounded memory: from here on spans are left in the spool, read back in order (_read_back).
+                # Every span before these is in memory already.
+                self._spilling = True
+                self._read_to = spans[0].seq - 1
+                self.stats.spill_episodes += 1
+            if self._spilling:
+                self._spilled_to = spans[-1].seq
+                self.stats.spans_spilled += len(spans)
+            else:
+                self._inbox.append(spans)
+                self._inbox_spans += len(spans)
         self._check_pressure()
 
     @property
     def pending_spans(self) -> int:
-        return self._pending_spans + self._inbox_spans
+        """Spans committed and not settled yet: in memory, plus those left in the spool (sequence numbers are
+        consecutive)."""
+        spilled = self._spilled_to - self._read_to if self._spilling else 0
+        return self._pending_spans + self._inbox_spans + spilled
+
+    def _read_back(self) -> None:
+        """While spilling: read the spans left in the spool, in order, as far as memory allows; stop spilling once
+        all were read (under the inbox lock, so no span published meanwhile falls between the two paths)."""
+        room = self._spill_at - self._pending_spans
+        if room <= self._spill_at // 2:  # read in large chunks, once half the room is free
+            return
+        with self._inbox_lock:
+            upto = self._spilled_to
+        spans = [s for s in self._source.read_after(self._read_to, room) if s.seq <= upto]
+        if spans:
+            self._admit(spans, self._clock())
+            self._read_to = spans[-1].seq
+        with self._inbox_lock:
+            if self._read_to >= self._spilled_to:
+                self._spilling = False
 
     @property
     def pending_traces(self) -> int:
@@ -175,7 +213,7 @@ class Settler:
                 self._admit(spans, self._clock())
                 seq = spans[-1].seq
                 total += len(spans)
-                if self._pending_spans > self._cfg.max_pending_spans // 2:
+                if self._pending_spans > min(self._spill_at, self._cfg.max_pending_spans // 2):
                     self._settle_in_batches(list(self._pending.keys()))
             return total
 
@@ -199,9 +237,14 @@ class Settler:
 
     def flush(self) -> None:
         with self._lock:
-            for _ in range(5):  # dependents re-settled by a flush may themselves have dependents
+            rounds = 0
+            while True:  # spans left in the spool are read back a chunk a round
                 self.run_once(force=True)
-                if not self._pending and not self._resettle and not self._inbox:
+                rounds += 1
+                if self._spilling:
+                    continue
+                # Dependents re-settled by a flush may themselves have dependents: a few rounds at most.
+                if rounds >= 5 or not (self._pending or self._resettle or self._inbox):
                     break
 
     def _loop(self) -> None:
@@ -231,6 +274,8 @@ class Settler:
                 self._inbox_spans = 0
             for spans in batches:
                 self._admit(spans, now)
+            if self._spilling:
+                self._read_back()
             busy = set(self._inflight.trace_ids) if self._inflight is not None else set()
             wait = self._cfg.wait_duration_s
             due = [tid for tid, p in self._pending.items()

@@ -49,6 +49,9 @@ class ProcessorsConfig(_Strict):
     """Unsettled traces held in memory; beyond it the oldest are settled early (late spans correct them)."""
     max_pending_spans: int = Field(default=2_000_000, gt=0)
     """Spans waiting to settle; beyond it the receiver answers retryable backpressure."""
+    max_pending_spans_in_memory: int = Field(default=100_000, gt=0)
+    """Of those, the most held in memory: beyond it, newly committed spans stay only in the spool and are read back,
+    in order, as the settler catches up (a backlog costs disk, not memory)."""
     settle_interval_s: float = Field(default=0.2, gt=0)
     max_batch_spans: int = Field(default=20_000, gt=0)
     """Most spans settled in one ledger transaction (a backlog is settled in several): bounds the transient

@@ -502,6 +502,7 @@ def _health(service: Service) -> dict[str, float]:
         "counter:traces_settled": st.traces_settled,
         "counter:traces_resettled": st.resettled,
         "counter:traces_evicted_early": st.evicted_early,
+        "counter:spans_spilled": st.spans_spilled,
         "counter:ledger_write_errors": st.write_errors,
         "gauge:traces_pending": service.settler.pending_traces,
         "gauge:spans_pending": service.settler.pending_spans,

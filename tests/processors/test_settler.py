@@ -315,3 +315,56 @@ def test_a_dependent_whose_re_settle_fails_is_retried(tmp_path: Path) -> None:
     s.run_once(force=True)
     job = [r for r in calls(con) if r[0].startswith("b")]
     assert len(writes) == 4 and job[0][3:5] == ("acme", "link")
+
+
+def test_a_backlog_beyond_the_memory_bound_stays_in_the_spool_and_is_read_back(tmp_path: Path) -> None:
+    """processors.max_pending_spans_in_memory: once that many spans wait in memory, newly committed ones are left
+    in the spool (only counted); the settler reads them back in order as it catches up, and the ledger is the one
+    an unbounded settler gives. Spans published after the backlog was read go through memory again."""
+    src = ListSource()
+    ref_con, ref = make(tmp_path / "ref.duckdb", src)
+    feed(ref, src, ALL)
+    ref.flush()
+
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    cfg = ProcessorsConfig(wait_duration_s=0, settle_workers=0, max_pending_spans_in_memory=4)
+    s = Settler(cfg, src2, Ledger(con), Pricer(PricingConfig()))
+    feed(s, src2, REQUEST)  # 3 in memory
+    feed(s, src2, JOB)  # 3 + 2 > 4: left in the spool
+    feed(s, src2, TWICE)
+    assert s._inbox_spans == 3 and s.pending_spans == len(ALL) and s.stats.spans_spilled == 4
+    s.flush()
+    assert calls(con) == calls(ref_con) and s.pending_spans == 0 and not s._spilling
+    extra = span("z", "1", kind=3, attrs=chat(5, 1, **{"tenant.id": "acme"}), seq=8)
+    feed(s, src2, [extra])
+    assert s._inbox_spans == 1 and s.stats.spans_spilled == 4
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, len(ALL)), st.lists(st.integers(1, len(ALL)), max_size=4), st.lists(st.booleans(), max_size=6))
+def test_any_memory_bound_and_arrival_split_gives_the_same_ledger(
+    tmp_path_factory: Any, bound: int, cuts: list[int], ticks: list[bool]
+) -> None:
+    """Spans published in sequence order (as the spool does) in any split, with settle ticks between (forced or
+    not) and any memory bound: the same ledger as settling everything at once."""
+    src = ListSource()
+    ref_con, ref = make(tmp_path_factory.mktemp("ref") / "l.duckdb", src)
+    feed(ref, src, ALL)
+    ref.flush()
+
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path_factory.mktemp("x") / "l.duckdb"))
+    cfg = ProcessorsConfig(wait_duration_s=0, settle_workers=0, settled_cache_traces=2,
+                           max_pending_spans_in_memory=bound)
+    s = Settler(cfg, src2, Ledger(con), Pricer(PricingConfig()))
+    start = 0
+    for i, b in enumerate([*sorted(set(cuts)), len(ALL)]):
+        if b > start:
+            feed(s, src2, ALL[start:b])
+            if i < len(ticks):
+                s.run_once(force=ticks[i])
+            start = b
+    s.flush()
+    assert calls(con) == calls(ref_con)
+    assert con.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall() == [(len(ALL),)]
