@@ -23,7 +23,7 @@ from receiver import StagedSpan
 from tests.conftest import fixture_names
 from tests.processors.spans import chat, span
 from tests.processors.test_dialects import load_spans
-from tests.processors.test_settler import ALL, JOB, REQUEST, TWICE, ListSource, calls, feed
+from tests.processors.test_settler import ALL, JOB, REQUEST, TWICE, ListSource, calls, feed, reference
 
 
 def _batch(spans: list[StagedSpan]) -> tuple[list[str], dict[str, list[StagedSpan]]]:
@@ -117,22 +117,12 @@ def _recording_ledger(
     return ledger, writes
 
 
-def _in_process_reference(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    """The ledger one in-process settle of every span gives."""
-    src = ListSource()
-    con = duckdb.connect(str(tmp_path / "ref.duckdb"))
-    ref = Settler(ProcessorsConfig(wait_duration_s=0, settle_workers=0), src, Ledger(con), Pricer(PricingConfig()))
-    feed(ref, src, ALL)
-    ref.flush()
-    return con
-
-
 def test_a_backlog_is_pipelined_and_a_link_to_the_batch_being_written_resolves(tmp_path: Path) -> None:
     """Several batches due at once: the worker computes the next batch while the previous one is written, and
     the ledger is the one a single in-process transaction gives. The job links to the request settled in the
     batch before it; with no settled-trace cache, it resolves from that batch's results (not yet in the ledger)
     at once instead of being settled again later."""
-    ref_con = _in_process_reference(tmp_path)
+    ref_con = reference(tmp_path / "ref.duckdb")
     src2 = ListSource()
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
     w = SettleWorker(IdentityConfig(), PricingConfig())
@@ -155,7 +145,7 @@ def test_a_backlog_is_pipelined_and_a_link_to_the_batch_being_written_resolves(t
 def test_a_failed_write_in_a_pipelined_backlog_loses_nothing(tmp_path: Path) -> None:
     """The first transaction of a pipelined backlog fails while the worker holds the next batch: both batches stay
     pending, the worker is not restarted (the pipe stays in step), and the retry gives the same ledger."""
-    ref_con = _in_process_reference(tmp_path)
+    ref_con = reference(tmp_path / "ref.duckdb")
     src2 = ListSource()
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
     w = SettleWorker(IdentityConfig(), PricingConfig())

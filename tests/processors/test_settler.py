@@ -44,6 +44,15 @@ def feed(settler: Settler, source: ListSource, spans: list[StagedSpan]) -> None:
     settler.on_spans(spans)
 
 
+def reference(path: Path) -> duckdb.DuckDBPyConnection:
+    """The ledger of settling every span of ALL at once."""
+    src = ListSource()
+    con, settler = make(path, src)
+    feed(settler, src, ALL)
+    settler.flush()
+    return con
+
+
 def calls(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     return con.execute(
         "SELECT trace_id, span_id, request_id, tenant_id, tenant_source, unattributed_reason, input_tokens, "
@@ -85,10 +94,7 @@ def test_whole_set_at_once(tmp_path: Path) -> None:
 def test_any_split_order_and_duplication_gives_the_same_ledger(
     tmp_path_factory: Any, order: list[StagedSpan], cuts: list[int], dups: list[StagedSpan]
 ) -> None:
-    src = ListSource()
-    ref_con, ref = make(tmp_path_factory.mktemp("ref") / "l.duckdb", src)
-    feed(ref, src, ALL)
-    ref.flush()
+    ref_con = reference(tmp_path_factory.mktemp("ref") / "l.duckdb")
     expected = calls(ref_con)
 
     src2 = ListSource()
@@ -150,10 +156,7 @@ def test_a_backlog_is_settled_in_bounded_transactions_with_the_same_result(tmp_p
     """processors.max_batch_spans: a backlog (the settler fell behind) is written in several transactions of at
     most that many spans, and the ledger is the one a single transaction gives: a job whose request lands in a
     later batch is re-settled, the call reported twice is still billed once."""
-    src = ListSource()
-    ref_con, ref = make(tmp_path / "ref.duckdb", src)
-    feed(ref, src, ALL)
-    ref.flush()
+    ref_con = reference(tmp_path / "ref.duckdb")
 
     src2 = ListSource()
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
@@ -321,10 +324,7 @@ def test_a_backlog_beyond_the_memory_bound_stays_in_the_spool_and_is_read_back(t
     """processors.max_pending_spans_in_memory: once that many spans wait in memory, newly committed ones are left
     in the spool (only counted); the settler reads them back in order as it catches up, and the ledger is the one
     an unbounded settler gives. Spans published after the backlog was read go through memory again."""
-    src = ListSource()
-    ref_con, ref = make(tmp_path / "ref.duckdb", src)
-    feed(ref, src, ALL)
-    ref.flush()
+    ref_con = reference(tmp_path / "ref.duckdb")
 
     src2 = ListSource()
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
@@ -348,10 +348,7 @@ def test_any_memory_bound_and_arrival_split_gives_the_same_ledger(
 ) -> None:
     """Spans published in sequence order (as the spool does) in any split, with settle ticks between (forced or
     not) and any memory bound: the same ledger as settling everything at once."""
-    src = ListSource()
-    ref_con, ref = make(tmp_path_factory.mktemp("ref") / "l.duckdb", src)
-    feed(ref, src, ALL)
-    ref.flush()
+    ref_con = reference(tmp_path_factory.mktemp("ref") / "l.duckdb")
 
     src2 = ListSource()
     con = duckdb.connect(str(tmp_path_factory.mktemp("x") / "l.duckdb"))
