@@ -63,6 +63,21 @@ def fixture_span_ids(doc: dict[str, Any]) -> set[tuple[str, str]]:
     }
 
 
+# Every server a test starts; one still running when the suite ends (its test failed before stopping it) is
+# killed then. Seen: a server left by a failed test was still running, idle, an hour after the suite.
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_server_outlives_the_suite() -> Iterator[None]:
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 class Server:
     """A real `tenantledger serve` subprocess."""
 
@@ -84,6 +99,7 @@ class Server:
              "--ledger", str(self.ledger), "--grpc-endpoint", "127.0.0.1:0", "--http-endpoint", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.tmp,
         )
+        _STARTED.append(self.proc)
         assert self.proc.stdout is not None
         deadline = time.time() + 60
         while time.time() < deadline:
