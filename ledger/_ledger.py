@@ -110,10 +110,15 @@ class Ledger:
         """A filter of the traces settled within TRACE_WINDOW, and that window's start (ns since the epoch). Rebuilt,
         with twice the room, when full."""
         since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - TRACE_WINDOW
-        ids = self._con.execute("SELECT trace_id FROM traces WHERE settled_at >= ?", [since]).to_arrow_table()
-        settled = KeyFilter(max(SEEN_KEYS_MIN_CAPACITY, 2 * ids.num_rows))
-        settled.add(ids.column(0).to_pylist())
+        settled = self._filter_of("SELECT trace_id FROM traces WHERE settled_at >= ?", since)
         return settled, (since - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) * 1000
+
+    def _filter_of(self, sql: str, since: dt.datetime) -> KeyFilter:
+        """A filter of the strings ``sql`` selects, with room for as many again before it is rebuilt."""
+        keys = self._con.execute(sql, [since]).to_arrow_table().column(0).to_pylist()
+        found = KeyFilter(max(SEEN_KEYS_MIN_CAPACITY, 2 * len(keys)))
+        found.add(keys)
+        return found
 
     def _seen_keys(self) -> tuple[KeyFilter, dt.datetime]:
         """A filter of the dedup keys of the calls that started within DEDUP_WINDOW of the latest one, and the
@@ -126,11 +131,9 @@ class Ledger:
         if latest is None:
             return KeyFilter(SEEN_KEYS_MIN_CAPACITY), dt.datetime.min
         since = latest - DEDUP_WINDOW
-        keys = self._con.execute(
-            "SELECT DISTINCT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND start_time >= ?", [since]
-        ).to_arrow_table().column(0).to_pylist()
-        seen = KeyFilter(max(SEEN_KEYS_MIN_CAPACITY, 2 * len(keys)))
-        seen.add(keys)
+        seen = self._filter_of(
+            "SELECT DISTINCT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND start_time >= ?", since
+        )
         return seen, since
 
     def watermark(self) -> int:
@@ -191,12 +194,13 @@ class Ledger:
     def write(self, settlement: Settlement) -> None:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         summaries = [r.summary for r in settlement.results]
+        trace_ids = [s.trace_id for s in summaries]
         if any(s.unresolved_links for s in summaries):
             self._maybe_unresolved = True  # before the commit: a failed write leaves it set, which is safe
         calls = settlement.table()
         traces = pa.table(
             {
-                "trace_id": pa.array([s.trace_id for s in summaries], pa.string()),
+                "trace_id": pa.array(trace_ids, pa.string()),
                 "request_id": pa.array([s.request_id for s in summaries], pa.string()),
                 "tenant_id": pa.array([s.tenant_id for s in summaries], pa.string()),
                 "user_id": pa.array([s.user_id for s in summaries], pa.string()),
@@ -282,7 +286,7 @@ class Ledger:
                                 [settlement.watermark])
                     # Before the commit: if it fails, the extra keys and traces are only false positives.
                     self._seen.add(key_list)
-                    self._traces.add(traces.column("trace_id").to_pylist())
+                    self._traces.add(trace_ids)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")

@@ -308,19 +308,19 @@ class Settler:
         split). A link target settled in an earlier batch is found in the cache; one in a later batch makes the
         linking trace a dependent, settled again once its target is (as across ticks)."""
         limit = self._cfg.max_batch_spans
-        batches: list[list[str]] = []
+        batches: list[list[str]] = [[]]
         size = 0
         for tid in dict.fromkeys(due):
             p = self._pending.get(tid)
             cached = self._cache.get(tid)
             k = len(p.spans) if p is not None else (len(cached[0]) if cached is not None else 1)
-            if batches and batches[-1] and size + k > limit:
+            if batches[-1] and size + k > limit:
                 batches.append([])
                 size = 0
-            if not batches:
-                batches.append([])
             batches[-1].append(tid)
             size += k
+        if not batches[-1]:
+            batches.pop()
         if self._worker is None:
             return sum(self._settle(b) for b in batches)
         return self._settle_pipelined(batches, self._worker, keep_in_flight)
@@ -458,7 +458,9 @@ class Settler:
             p = self._pending.get(tid)
             if p is not None:
                 done = spans_by_trace[tid]
-                rest[tid] = {sid: s for sid, s in p.spans.items() if sid not in done}
+                # Usually nothing arrived meanwhile: the key views compare in C, without a per-span loop.
+                rest[tid] = {} if p.spans.keys() <= done.keys() else {
+                    sid: s for sid, s in p.spans.items() if sid not in done}
         # The watermark stays below every span still pending: later batches, and spans that arrived meanwhile.
         low = [p.min_seq for tid, p in self._pending.items() if tid not in rest]
         low.extend(s.seq for spans in rest.values() for s in spans.values())
