@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger._schema import CALLS_DDL
-from ledger._seen import KeyFilter
+from ledger._seen import TimedFilter
 from ledger._views import create_views
 from processors import LinkedContext, Settlement
 
@@ -39,26 +39,38 @@ _SUPPORT_DDL = (
 # clock skew between two reporting hosts). Rows are appended in arrival order, so DuckDB's per-row-group min/max
 # of start_time skips the rest of the table when that lookup runs (rarely: see _seen_keys).
 DEDUP_WINDOW = dt.timedelta(hours=1)
+# The filter of dedup keys keeps two windows of calls, so that it answers for a settlement whose calls started up to
+# one window before the newest call (a long trace, or one settled late); older ones are looked up in the ledger.
+SEEN_KEYS_KEEP = 2 * DEDUP_WINDOW
 DEDUP_WINDOW_SQL = " AND start_time BETWEEN ? AND ?"
 SEEN_KEYS_MIN_CAPACITY = 1 << 20  # 4 MiB of filter
 
 # Which traces were settled before: a filter of the traces settled in the last day (wall clock; a re-settle renews a
 # trace's settled_at) answers for a trace whose spans all started after that day began; a trace with an older span
 # is looked up in the ledger. Without it, the lookup scanned every settled trace id on each settle tick (~30 ns a
-# trace: 15 ms at 500 k traces, which is how the 10-minute benchmark fell behind). Rebuilding it reads a day of
-# trace ids (~2 s per million). Known limit: a trace that receives no span for over a day and then new spans that
-# started within the last day may, if the filter was rebuilt (restart, or full) in between, be settled as a new
-# trace instead of replacing its earlier rows.
+# trace: 15 ms at 500 k traces, which is how the 10-minute benchmark fell behind). Building it at start reads a day
+# of trace ids (~2 s per million); after that it ages out a day's generations itself. Known limit: a trace that
+# receives no span for over a day, then new spans that started within the last day, may be settled as a new trace
+# instead of replacing its earlier rows (the filter no longer holds it, and the new spans are recent enough that
+# the ledger is not asked).
 TRACE_WINDOW = dt.timedelta(days=1)
 
 
-def _window(calls: pa.Table) -> list[dt.datetime]:
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _ns(t: dt.datetime) -> int:
+    return (t - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+def _window(calls: pa.Table) -> tuple[list[dt.datetime], int]:
+    """The start_time bounds within which earlier reports of ``calls`` are looked for, and the newest start (ns)."""
     if calls.num_rows == 0:
-        return [dt.datetime(1970, 1, 1), dt.datetime(1970, 1, 1)]
+        return [_EPOCH, _EPOCH], 0
     span = pc.min_max(calls.column("start_time").cast(pa.int64()))  # ns since the epoch (as_py refuses ns)
-    epoch = dt.datetime(1970, 1, 1)
-    lo, hi = (epoch + dt.timedelta(microseconds=span[k].as_py() // 1000) for k in ("min", "max"))
-    return [lo - DEDUP_WINDOW, hi + DEDUP_WINDOW]
+    lo_ns, hi_ns = span["min"].as_py(), span["max"].as_py()
+    lo, hi = (_EPOCH + dt.timedelta(microseconds=ns // 1000) for ns in (lo_ns, hi_ns))
+    return [lo - DEDUP_WINDOW, hi + DEDUP_WINDOW], hi_ns
 
 
 def _ranked(calls: pa.Table) -> pa.Table:
@@ -103,38 +115,34 @@ class Ledger:
         # to find and skips its query (one per settle tick). Conservative: once set, it stays set.
         rows = self._con.execute("SELECT count(*) FROM traces WHERE unresolved_links").fetchall()
         self._maybe_unresolved = bool(rows and rows[0][0])
-        self._seen, self._seen_from = self._seen_keys()
-        self._traces, self._traces_from_ns = self._settled_traces()
+        self._seen = self._seen_keys()
+        self._traces = self._settled_traces()
 
-    def _settled_traces(self) -> tuple[KeyFilter, int]:
-        """A filter of the traces settled within TRACE_WINDOW, and that window's start (ns since the epoch). Rebuilt,
-        with twice the room, when full."""
-        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - TRACE_WINDOW
-        settled = self._filter_of("SELECT trace_id FROM traces WHERE settled_at >= ?", since)
-        return settled, (since - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) * 1000
+    def _settled_traces(self) -> TimedFilter:
+        """A filter of the traces settled within TRACE_WINDOW (times: settled_at, wall clock); it answers for
+        traces whose spans started after its ``covers_from_ns``."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        since = now - TRACE_WINDOW
+        return self._filter_of("SELECT trace_id FROM traces WHERE settled_at >= ?", since, _ns(now), TRACE_WINDOW)
 
-    def _filter_of(self, sql: str, since: dt.datetime) -> KeyFilter:
-        """A filter of the strings ``sql`` selects, with room for as many again before it is rebuilt."""
+    def _filter_of(self, sql: str, since: dt.datetime, newest_ns: int, keep: dt.timedelta) -> TimedFilter:
+        """A filter of the strings ``sql`` selects (those of times from ``since`` on)."""
         keys = self._con.execute(sql, [since]).to_arrow_table().column(0).to_pylist()
-        found = KeyFilter(max(SEEN_KEYS_MIN_CAPACITY, 2 * len(keys)))
-        found.add(keys)
-        return found
+        return TimedFilter(keys, newest_ns, covers_from_ns=_ns(since), keep_ns=_ns(_EPOCH + keep),
+                           min_capacity=SEEN_KEYS_MIN_CAPACITY)
 
-    def _seen_keys(self) -> tuple[KeyFilter, dt.datetime]:
-        """A filter of the dedup keys of the calls that started within DEDUP_WINDOW of the latest one, and the
-        time from which it is complete: a fresh settlement whose window starts after that time looks in the
-        ledger only for the keys the filter may hold. Without it, finding a call's earlier reports scanned every
-        dedup key in the window on each settle (~8 us a call at 1 M calls, growing with the ledger). Rebuilt, with
-        twice the room, when full; keys of calls older than the window are then dropped."""
+    def _seen_keys(self) -> TimedFilter:
+        """A filter of the dedup keys of the calls that started within SEEN_KEYS_KEEP of the latest one (times: call
+        start): a fresh settlement whose window starts after its ``covers_from_ns`` looks in the ledger only for
+        the keys the filter may hold. Without it, finding a call's earlier reports scanned every dedup key in the
+        window on each settle (~8 us a call at 1 M calls, growing with the ledger)."""
         rows = self._con.execute("SELECT max(start_time) FROM calls").fetchall()
         latest = rows[0][0] if rows else None
-        if latest is None:
-            return KeyFilter(SEEN_KEYS_MIN_CAPACITY), dt.datetime.min
-        since = latest - DEDUP_WINDOW
-        seen = self._filter_of(
-            "SELECT DISTINCT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND start_time >= ?", since
-        )
-        return seen, since
+        if latest is None:  # an empty ledger: every key ever added is in the filter
+            return TimedFilter([], 0, covers_from_ns=-(1 << 62), keep_ns=_ns(_EPOCH + SEEN_KEYS_KEEP),
+                               min_capacity=SEEN_KEYS_MIN_CAPACITY)
+        return self._filter_of("SELECT DISTINCT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND start_time >= ?",
+                               latest - SEEN_KEYS_KEEP, _ns(latest), SEEN_KEYS_KEEP)
 
     def watermark(self) -> int:
         with self._lock:
@@ -152,7 +160,7 @@ class Ledger:
         with self._lock:
             if started_ns is not None:
                 maybe = set(self._traces.maybe(trace_ids))
-                horizon = self._traces_from_ns
+                horizon = self._traces.covers_from_ns
                 trace_ids = [t for t in trace_ids if t in maybe or started_ns.get(t, 0) < horizon]
             if not trace_ids:
                 return set()
@@ -220,6 +228,7 @@ class Ledger:
         if len(key_list) < len(calls) - calls.column("dedup_key").null_count:
             calls = _ranked(calls)  # reports of one call within this settlement; against earlier ones, below
         touched = ""
+        bounds, newest_ns = _window(calls)
         fresh = settlement.replaced is not None and not settlement.replaced
         con = self._con
         # Each statement costs ~1 ms of DuckDB overhead whatever its size, and a settle tick is one transaction of a
@@ -239,9 +248,10 @@ class Ledger:
                         # No trace of this settlement was settled before: nothing to replace (the DELETEs scan
                         # the whole ledger, so skipping them matters as it grows); the dedup keys it touches are
                         # its own.
-                        window, bounds = DEDUP_WINDOW_SQL, _window(calls)
+                        window = DEDUP_WINDOW_SQL
                         # Earlier reports can only carry keys the filter has seen (if it covers the window).
-                        maybe = self._seen.maybe(key_list) if bounds[0] >= self._seen_from else key_list
+                        covered = _ns(bounds[0]) >= self._seen.covers_from_ns
+                        maybe = self._seen.maybe(key_list) if covered else key_list
                         touched = "_maybe" if maybe else ""
                         if maybe:
                             con.register("_maybe", pa.table({"dedup_key": pa.array(maybe, pa.string())}))
@@ -285,8 +295,8 @@ class Ledger:
                     con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'settled_watermark'",
                                 [settlement.watermark])
                     # Before the commit: if it fails, the extra keys and traces are only false positives.
-                    self._seen.add(key_list)
-                    self._traces.add(trace_ids)
+                    self._seen.add(key_list, newest_ns)
+                    self._traces.add(trace_ids, _ns(now))
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -296,7 +306,4 @@ class Ledger:
                     con.unregister(name)
                 if touched == "_maybe":
                     con.unregister("_maybe")
-            if self._seen.full:
-                self._seen, self._seen_from = self._seen_keys()
-            if self._traces.full:
-                self._traces, self._traces_from_ns = self._settled_traces()
+

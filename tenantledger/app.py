@@ -186,7 +186,7 @@ class Service:
         gc.set_threshold(50_000, 20, 20)
         # DuckDB releases the GIL around its work and must win it back to finish a commit; with the default 5 ms
         # switch interval a busy Python thread made a 3 ms spool commit take ~35 ms (bench/README.md).
-        sys.setswitchinterval(float(os.environ.get("TL_SWITCH", "0.0005")))
+        sys.setswitchinterval(0.0005)
         self.settler.start()
         self.budgets.start()
         if self.lake is not None:
