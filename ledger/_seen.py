@@ -70,16 +70,20 @@ class TimedFilter:
     When the newest generation is full, a new one starts with room for as many keys as all live ones hold (so
     generations double, and their false-positive rates add up to a few times KeyFilter's). A generation whose
     newest key is older than ``keep_ns`` before the newest key added is dropped, and ``covers_from_ns`` moves past
-    it. Built once from the ledger at start; never re-read from it after: rebuilding a full filter from the ledger
-    re-read the window's keys (~3 s of settle-thread CPU per million keys, a stall that the 4-minute sustained
-    benchmark showed as a backlog), and a rebuild only covered settlements after the newest key it read.
+    it. So is the oldest generation while the filter holds more than ``max_keys`` (traffic whose times do not
+    advance, such as a replay, ages nothing out): memory stays bounded (4-8 bytes a key), and the settlements it no
+    longer covers are looked up exactly. Built once from the ledger at start; never re-read from it after: rebuilding
+    a full filter from the ledger re-read the window's keys (~3 s of settle-thread CPU per million keys, a stall
+    that the 4-minute sustained benchmark showed as a backlog), and a rebuild only covered settlements after the
+    newest key it read.
 
     Not thread-safe: the ledger calls it under its own lock."""
 
     def __init__(self, keys: Sequence[str], newest_ns: int, *, covers_from_ns: int, keep_ns: int,
-                 min_capacity: int) -> None:
+                 min_capacity: int, max_keys: int = 1 << 25) -> None:
         self.covers_from_ns = covers_from_ns
         self._keep_ns = keep_ns
+        self._max_keys = max_keys
         self._min_capacity = min_capacity
         first = _Generation(KeyFilter(max(min_capacity, 2 * len(keys))), newest_ns)
         first.keys.add(keys)
@@ -108,7 +112,8 @@ class TimedFilter:
         current.newest_ns = max(current.newest_ns, newest_ns)
         self._newest_ns = max(self._newest_ns, newest_ns)
         horizon = self._newest_ns - self._keep_ns
-        while len(self._generations) > 1 and self._generations[0].newest_ns < horizon:
+        while len(self._generations) > 1 and (self._generations[0].newest_ns < horizon
+                                               or self.count > self._max_keys):
             dropped = self._generations.pop(0)
             self.covers_from_ns = max(self.covers_from_ns, dropped.newest_ns + 1)
 

@@ -53,3 +53,15 @@ def test_a_generation_older_than_keep_is_dropped_and_the_filter_covers_from_afte
     assert f.generations == 1 and f.covers_from_ns == HOUR + 1  # keys from 1 h on are no longer answered for
     assert f.maybe(["mid", "new", "newer"]) == ["mid", "new", "newer"]
     assert len(f.maybe(old)) <= 1  # gone (but for a false positive)
+
+
+def test_beyond_max_keys_the_oldest_generation_is_dropped_even_when_times_do_not_advance() -> None:
+    f = TimedFilter([], 0, covers_from_ns=0, keep_ns=2 * HOUR, min_capacity=1024, max_keys=3000)
+    first = [f"a{i}" for i in range(1100)]
+    f.add(first, HOUR)  # fills the first generation
+    f.add([f"b{i}" for i in range(1100)], HOUR)  # second generation: 2 200 keys in all
+    assert f.generations == 2 and f.covers_from_ns == 0
+    f.add([f"c{i}" for i in range(1000)], HOUR)  # into the second; 3 200 > 3 000: the oldest goes, though not older
+    assert f.generations == 1 and f.count == 2100
+    assert f.covers_from_ns == HOUR + 1  # keys of that time are no longer answered for: looked up exactly
+    assert len(f.maybe(first)) <= 1
