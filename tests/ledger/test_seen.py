@@ -38,7 +38,8 @@ def test_a_full_generation_is_followed_by_one_as_large_as_all_and_every_key_is_s
     assert f.maybe(keys) == keys
     assert f.generations == 4  # room for 1 024, then as many as all before: 1 100, 2 300, 4 700 (doubling)
     assert f.count == 5000 and f.covers_from_ns == 0
-    assert len(f.maybe([f"unseen{i}" for i in range(50_000)])) <= 10
+    # Each full generation wrongly reports ~4e-5 of unseen keys: ~6 expected in 50 000 (hash() is salted per run).
+    assert len(f.maybe([f"unseen{i}" for i in range(50_000)])) <= 25
 
 
 def test_a_generation_older_than_keep_is_dropped_and_the_filter_covers_from_after_it() -> None:
@@ -64,4 +65,5 @@ def test_beyond_max_keys_the_oldest_generation_is_dropped_even_when_times_do_not
     f.add([f"c{i}" for i in range(1000)], HOUR)  # into the second; 3 200 > 3 000: the oldest goes, though not older
     assert f.generations == 1 and f.count == 2100
     assert f.covers_from_ns == HOUR + 1  # keys of that time are no longer answered for: looked up exactly
-    assert len(f.maybe(first)) <= 1
+    # Gone, but for false positives of the generation left (overfull: 2 100 keys in room for 1 100, ~1 expected).
+    assert len(f.maybe(first)) <= 15
