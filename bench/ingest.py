@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 from _load import ClientResult, LoadClient, Workload, machine, percentile, rss_mib
 from baseline import run_baseline
@@ -174,10 +174,6 @@ def check_ledger(server: Server, expected_calls: int) -> None:
     if code != 0 or calls != expected_calls or priced != calls:
         raise SystemExit(f"ledger check failed: exit {code}, {calls} llm_calls (expected {expected_calls}), "
                          f"{priced} priced, {tenants} tenants")
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def _list(values: list[float]) -> str:

@@ -59,8 +59,9 @@ TRACE_WINDOW = dt.timedelta(days=1)
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
-def _ns(t: dt.datetime) -> int:
-    return (t - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+def _ns(t: dt.datetime | dt.timedelta) -> int:
+    """A time (ns since the epoch) or a duration, in ns."""
+    return (t - _EPOCH if isinstance(t, dt.datetime) else t) // dt.timedelta(microseconds=1) * 1000
 
 
 def _window(calls: pa.Table) -> tuple[list[dt.datetime], int]:
@@ -125,10 +126,10 @@ class Ledger:
         since = now - TRACE_WINDOW
         return self._filter_of("SELECT trace_id FROM traces WHERE settled_at >= ?", since, _ns(now), TRACE_WINDOW)
 
-    def _filter_of(self, sql: str, since: dt.datetime, newest_ns: int, keep: dt.timedelta) -> TimedFilter:
-        """A filter of the strings ``sql`` selects (those of times from ``since`` on)."""
-        keys = self._con.execute(sql, [since]).to_arrow_table().column(0).to_pylist()
-        return TimedFilter(keys, newest_ns, covers_from_ns=_ns(since), keep_ns=_ns(_EPOCH + keep),
+    def _filter_of(self, sql: str | None, since: dt.datetime, newest_ns: int, keep: dt.timedelta) -> TimedFilter:
+        """A filter of the strings ``sql`` selects (those of times from ``since`` on); empty without ``sql``."""
+        keys = self._con.execute(sql, [since]).to_arrow_table().column(0).to_pylist() if sql else []
+        return TimedFilter(keys, newest_ns, covers_from_ns=_ns(since), keep_ns=_ns(keep),
                            min_capacity=SEEN_KEYS_MIN_CAPACITY)
 
     def _seen_keys(self) -> TimedFilter:
@@ -139,8 +140,7 @@ class Ledger:
         rows = self._con.execute("SELECT max(start_time) FROM calls").fetchall()
         latest = rows[0][0] if rows else None
         if latest is None:  # an empty ledger: every key ever added is in the filter
-            return TimedFilter([], 0, covers_from_ns=-(1 << 62), keep_ns=_ns(_EPOCH + SEEN_KEYS_KEEP),
-                               min_capacity=SEEN_KEYS_MIN_CAPACITY)
+            return self._filter_of(None, dt.datetime.min, 0, SEEN_KEYS_KEEP)
         return self._filter_of("SELECT DISTINCT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND start_time >= ?",
                                latest - SEEN_KEYS_KEEP, _ns(latest), SEEN_KEYS_KEEP)
 
@@ -306,4 +306,3 @@ class Ledger:
                     con.unregister(name)
                 if touched == "_maybe":
                     con.unregister("_maybe")
-

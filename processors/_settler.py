@@ -91,7 +91,6 @@ class SettlerStats:
     last_settle_lag_s: float = 0.0
     last_write_s: float = 0.0
     spans_spilled: int = 0
-    spill_episodes: int = 0
 
 
 class Settler:
@@ -151,7 +150,6 @@ class Settler:
                 # Every span before these is in memory already.
                 self._spilling = True
                 self._read_to = spans[0].seq - 1
-                self.stats.spill_episodes += 1
             if self._spilling:
                 self._spilled_to = spans[-1].seq
                 self.stats.spans_spilled += len(spans)
