@@ -84,7 +84,9 @@ def _wire_span(s: StagedSpan) -> tuple[Any, ...]:
 
 
 def _encode_batch(order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
-                  outside: Mapping[str, LinkedContext]) -> bytes:
+                  outside: Mapping[str, LinkedContext]) -> tuple[bytes, bytes]:
+    """(kind, payload), sent as two pipe messages: prefixing a multi-megabyte payload with its kind byte copied
+    it once more (a fresh mmap and its page faults, in the main process)."""
     payload = (
         list(order),
         {tid: [_wire_span(s) for s in spans[tid]] for tid in order},
@@ -92,13 +94,13 @@ def _encode_batch(order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]
     )
     # marshal: builtins only, ~3x faster than pickle on the sending (main) side; pickle if a value is not a builtin.
     try:
-        return b"M" + marshal.dumps(payload)
+        return b"M", marshal.dumps(payload)
     except ValueError:
-        return b"P" + pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        return b"P", pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _decode_batch(data: bytes) -> Batch:
-    order, raw_spans, raw_ctx = marshal.loads(data[1:]) if data[:1] == b"M" else pickle.loads(data[1:])
+def _decode_batch(kind: bytes, data: bytes) -> Batch:
+    order, raw_spans, raw_ctx = marshal.loads(data) if kind == b"M" else pickle.loads(data)
     spans: dict[str, list[StagedSpan]] = {}
     for tid, rows in raw_spans.items():
         out = spans[tid] = []
@@ -112,28 +114,30 @@ def _decode_batch(data: bytes) -> Batch:
     return order, spans, {tid: LinkedContext(*c) for tid, c in raw_ctx.items()}
 
 
-def _encode_results(results: Sequence[TraceResult]) -> bytes:
-    """Summaries as tuples; the records as an Arrow IPC stream of their table, which the main process reads
-    without per-record Python (it was ~15 us a call to unpickle records and build the table there)."""
+def _encode_results(results: Sequence[TraceResult]) -> tuple[bytes, pa.Buffer]:
+    """The summaries (pickled), and the records as an Arrow IPC stream of their table, which the main process reads
+    without per-record Python (it was ~15 us a call to unpickle records and build the table there). Two pipe
+    messages: the stream goes as the Arrow buffer itself, not copied into a bytes object and then into a pickle
+    (each copy of a ~10 MB batch was a fresh mmap and its page faults on both sides)."""
     table = records_table([rec for r in results for rec in r.records])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     summaries = [_summary_tuple(r.summary) for r in results]
-    return pickle.dumps(("ok", summaries, sink.getvalue().to_pybytes()), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(("ok", summaries), protocol=pickle.HIGHEST_PROTOCOL), sink.getvalue()
 
 
-def _decode_results(data: bytes) -> tuple[list[TraceResult], pa.Table]:
-    msg = pickle.loads(data)
-    if msg[0] != "ok":
-        raise RuntimeError(f"settle worker failed: {msg[1]}")
-    _, summaries, ipc = msg
-    table = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
+def _decode_results(summaries: Sequence[tuple[Any, ...]], ipc: bytes) -> tuple[list[TraceResult], pa.Table]:
+    table = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()  # zero-copy: the table's buffers point into ipc
     return [TraceResult(TraceSummary(*s), ()) for s in summaries], table
 
 
 def _worker_main(conn: Any, identity: IdentityConfig, pricing: PricingConfig, inherited: Any = None) -> None:
-    """The worker's loop: one batch in, its results out, until the pipe closes or an empty message arrives."""
+    """The worker's loop: one batch in, its results out, until the pipe closes or an empty message arrives.
+
+    Wire: a batch is two messages, its kind (M/P: marshalled/pickled) and its payload; an empty kind message stops
+    the worker. The answer is a pickled head, ("ok", summaries) or ("error", traceback), and after an "ok" head
+    the records' Arrow IPC stream."""
     import gc
 
     if inherited is not None:
@@ -146,17 +150,22 @@ def _worker_main(conn: Any, identity: IdentityConfig, pricing: PricingConfig, in
     gc.set_threshold(50_000, 20, 20)  # as in the main process (tenantledger/app.py)
     while True:
         try:
+            kind = conn.recv_bytes()
+            if not kind:
+                return
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if not data:
-            return
         try:
-            order, spans, outside = _decode_batch(data)
-            out = _encode_results(settle_traces(order, spans, outside, identity, pricer))
+            order, spans, outside = _decode_batch(kind, data)
+            del data
+            head, ipc = _encode_results(settle_traces(order, spans, outside, identity, pricer))
         except Exception:  # reported to the settler, which retries the batch; the worker lives on
-            out = pickle.dumps(("error", traceback.format_exc(limit=5)))
-        conn.send_bytes(out)
+            head, ipc = pickle.dumps(("error", traceback.format_exc(limit=5))), None
+        conn.send_bytes(head)
+        if ipc is not None:
+            conn.send_bytes(ipc)
+            del ipc
 
 
 class SettleWorker:
@@ -214,8 +223,10 @@ class SettleWorker:
             if self._inflight:
                 raise RuntimeError("a batch is already in flight: collect it first")
             self._ensure()
+            kind, payload = _encode_batch(order, spans, outside)
             try:
-                self._conn.send_bytes(_encode_batch(order, spans, outside))
+                self._conn.send_bytes(kind)
+                self._conn.send_bytes(payload)
             except (EOFError, OSError) as e:
                 self._died(e)
             self._inflight = True
@@ -228,10 +239,13 @@ class SettleWorker:
                 raise RuntimeError("no batch in flight")
             self._inflight = False
             try:
-                data = self._conn.recv_bytes()
+                status, detail = pickle.loads(self._conn.recv_bytes())
+                if status != "ok":
+                    raise RuntimeError(f"settle worker failed: {detail}")
+                ipc = self._conn.recv_bytes()
             except (EOFError, OSError) as e:
                 self._died(e)
-        return _decode_results(data)
+        return _decode_results(detail, ipc)
 
     def _died(self, e: BaseException) -> NoReturn:
         # Died mid-batch (killed, out of memory): restarted on the next call; the settler retries the batch.

@@ -32,7 +32,9 @@ def extract_body(body: bytes, filt: AttributeFilter, validate: SpanValidator | N
     return extract(decode_protobuf(body), filt, validate, max_spans)
 
 
-def _encode(ex: Extracted) -> bytes:
+def _encode(ex: Extracted) -> tuple[bytes, bytes]:
+    """(kind, payload): the payload goes as its own pipe message, so a megabyte of columns is not copied again
+    to put a kind byte in front of it (each such copy was a fresh mmap and its page faults)."""
     events = [tuple((e.name, e.time_unix_nano, e.attributes) for e in t) if t else () for t in ex.event_tuples]
     links = [tuple((x.trace_id, x.span_id, x.attributes) for x in t) if t else () for t in ex.link_tuples]
     payload = (
@@ -41,15 +43,13 @@ def _encode(ex: Extracted) -> bytes:
     # marshal: builtins only and ~3x faster than pickle; shared objects (a resource's attribute dict, repeated on
     # each of its spans) are sent once. Pickle if some value is not a builtin.
     try:
-        return b"M" + marshal.dumps(payload)
+        return b"M", marshal.dumps(payload)
     except ValueError:
-        return b"P" + pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        return b"P", pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _decode(data: bytes) -> Extracted:
-    cols, events, links, rejected, errors, by_reason = (
-        marshal.loads(data[1:]) if data[:1] == b"M" else pickle.loads(data[1:])
-    )
+def _decode(kind: bytes, data: bytes) -> Extracted:
+    cols, events, links, rejected, errors, by_reason = marshal.loads(data) if kind == b"M" else pickle.loads(data)
     ex = Extracted()
     for name, values in zip(_COLUMNS, cols, strict=True):
         setattr(ex, name, values)
@@ -61,7 +61,11 @@ def _decode(data: bytes) -> Extracted:
 
 def _worker_main(conn: Any, filt: AttributeFilter, validate: SpanValidator | None, max_spans: int,
                  inherited: Any = None) -> None:
-    """One body in, its columns (or its error) out, until the pipe closes or an empty message arrives."""
+    """One body in, its columns (or its error) out, until the pipe closes or an empty message arrives.
+
+    Wire: a request is one message, the body itself (never empty: the pool decodes an empty body in-process); the
+    answer is two messages, a kind (M/P: marshalled/pickled columns, E: a receiver error, X: internal trouble) and
+    its payload."""
     import gc
 
     if inherited is not None:
@@ -76,11 +80,13 @@ def _worker_main(conn: Any, filt: AttributeFilter, validate: SpanValidator | Non
         if not body:
             return
         try:
-            out = b"K" + _encode(extract_body(body[1:], filt, validate, max_spans))
+            kind, out = _encode(extract_body(body, filt, validate, max_spans))
         except ReceiverError as e:
-            out = b"E" + pickle.dumps((type(e).__name__, e.message))
+            kind, out = b"E", pickle.dumps((type(e).__name__, e.message))
         except Exception:
-            out = b"X" + pickle.dumps(traceback.format_exc(limit=5))
+            kind, out = b"X", pickle.dumps(traceback.format_exc(limit=5))
+        del body
+        conn.send_bytes(kind)
         conn.send_bytes(out)
 
 
@@ -128,19 +134,19 @@ class DecodePool:
 
     def extract(self, body: bytes) -> Extracted:
         filt, validate, max_spans = self._args
-        if self._n == 0:
+        if self._n == 0 or not body:  # an empty body (a valid empty request) would read as the stop message
             return extract_body(body, filt, validate, max_spans)
         w = self._idle.get()
         try:
-            w.conn.send_bytes(b"B" + body)
-            out = w.conn.recv_bytes()
+            w.conn.send_bytes(body)
+            kind = w.conn.recv_bytes()
+            data = w.conn.recv_bytes()
         except (EOFError, OSError) as e:
             self._replace(w)
             raise WorkerUnavailable(f"a decode worker died while decoding this request ({e!r}); retry") from e
         self._idle.put(w)
-        kind, data = out[:1], out[1:]
-        if kind == b"K":
-            return _decode(data)
+        if kind in (b"M", b"P"):
+            return _decode(kind, data)
         if kind == b"E":
             name, message = pickle.loads(data)
             raise _KNOWN_ERRORS.get(name, InvalidRequest)(message)
