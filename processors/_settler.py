@@ -79,6 +79,7 @@ class _Job:
     contexts: dict[str, LinkedContext]
     results: list[TraceResult] = field(default_factory=list)
     table: pa.Table | None = None
+    worker: SettleWorker | None = None  # computing it, until collected
 
 
 @dataclass
@@ -106,9 +107,10 @@ class Settler:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_pressure: Callable[[str | None], None] | None = None,
-        worker: SettleWorker | None = None,
+        workers: Sequence[SettleWorker] = (),
     ) -> None:
-        """``worker``: attribute and price in that process instead of this one (see processors._workers)."""
+        """``workers``: attribute and price in those processes instead of this one (see processors._workers), one
+        batch in flight on each."""
         self._cfg = config
         self._source = source
         self._sink = sink
@@ -124,7 +126,8 @@ class Settler:
         self._resettle: set[str] = set()
         self._cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]] = OrderedDict()
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
-        self._inflight: _Job | None = None  # sent to the worker, results not collected yet
+        self._inflight: deque[_Job] = deque()  # sent to a worker, oldest first; results not collected yet
+        self._collected: deque[_Job] = deque()  # collected, not written yet (older than every job in flight)
         self._spill_at = config.max_pending_spans_in_memory
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
@@ -136,7 +139,7 @@ class Settler:
         self._pressure = False
         self._shed = threading.Event()
         self.stats = SettlerStats()
-        self._worker = worker
+        self._workers = list(workers)
 
     # --- input --------------------------------------------------------------------------------------
 
@@ -216,8 +219,8 @@ class Settler:
             return total
 
     def start(self) -> None:
-        if self._worker is not None:
-            self._worker.start()
+        for w in self._workers:
+            w.start()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
         self._thread.start()
 
@@ -230,8 +233,8 @@ class Settler:
         try:
             self.flush()
         finally:
-            if self._worker is not None:
-                self._worker.close()
+            for w in self._workers:
+                w.close()
 
     def flush(self) -> None:
         with self._lock:
@@ -258,8 +261,8 @@ class Settler:
     # --- one tick -----------------------------------------------------------------------------------
 
     def run_once(self, *, force: bool = False) -> int:
-        """One tick. With a settle worker, the tick's last batch is left computing in the worker and written by
-        the next tick (so the worker computes while this thread waits, admits and writes); ``force`` (flush,
+        """One tick. With settle workers, the tick's last batches are left computing in the workers and written by
+        a later tick (so the workers compute while this thread waits, admits and writes); ``force`` (flush,
         stop) writes everything before returning."""
         with self._lock:
             if self._shed.is_set():
@@ -274,7 +277,7 @@ class Settler:
                 self._admit(spans, now)
             if self._spilling:
                 self._read_back()
-            busy = set(self._inflight.trace_ids) if self._inflight is not None else set()
+            busy = {tid for job in self._inflight for tid in job.trace_ids}
             wait = self._cfg.wait_duration_s
             due = [tid for tid, p in self._pending.items()
                    if (force or now - p.last_arrival >= wait) and tid not in busy]
@@ -319,9 +322,9 @@ class Settler:
             size += k
         if not batches[-1]:
             batches.pop()
-        if self._worker is None:
+        if not self._workers:
             return sum(self._settle(b) for b in batches)
-        return self._settle_pipelined(batches, self._worker, keep_in_flight)
+        return self._settle_pipelined(batches, keep_in_flight)
 
     def _settle(self, trace_ids: list[str]) -> int:
         """In this process: attribute, price and write one batch."""
@@ -330,50 +333,80 @@ class Settler:
         job.table = records_table([rec for r in job.results for rec in r.records])
         return self._commit(job)
 
-    def _settle_pipelined(self, batches: list[list[str]], worker: SettleWorker, keep_in_flight: bool) -> int:
-        """Through the worker, one batch in flight: batch i+1 is sent before batch i is written, so the worker
-        computes while this thread writes (ADR 0003); with ``keep_in_flight`` the last batch stays in the worker
-        until the next tick. A batch is prepared only after the one before it is collected, so a link into that
-        batch resolves from its results (``_unwritten``) although they are not in the ledger yet. A batch's traces
-        stay pending until its write commits: the watermark never passes them, and any failure leaves them to be
+    def _settle_pipelined(self, batches: list[list[str]], keep_in_flight: bool) -> int:
+        """Through the workers, one batch in flight on each (ADR 0003). When every worker is busy, the oldest batch
+        is collected, the next batch is sent to the worker it frees, and only then is the collected one written: the
+        workers compute while this thread prepares and writes. Batches are written in the order they were sent.
+        With ``keep_in_flight`` the last batches stay in the workers until a later tick.
+
+        A link from a batch into one collected but not yet written resolves from its results (``_unwritten``); a
+        link into one still computing first writes the batches up to it (``_write_linked``). A batch's traces stay
+        pending until its write commits: the watermark never passes them, and any failure leaves them to be
         settled again."""
         n = 0
-        ready: _Job | None = None
+        linked: list[int] = []
+
+        def before_links(targets: set[str]) -> None:
+            linked.append(self._write_linked(targets))
+
         try:
+            self._collect_ready()
             for trace_ids in batches:
-                ready = self._collect(worker)
-                job = self._prepare(trace_ids)
-                worker.submit(job.order, job.batch, job.contexts)
-                self._inflight = job
-                if ready is not None:
-                    n += self._commit(ready)
-                    ready = None
+                if len(self._inflight) >= len(self._workers):
+                    self._collected.append(self._collect())  # waits for the oldest; written after the next is sent
+                job = self._prepare(trace_ids, before_links=before_links)
+                busy = {j.worker for j in self._inflight}
+                job.worker = next(w for w in self._workers if w not in busy)
+                job.worker.submit(job.order, job.batch, job.contexts)
+                self._inflight.append(job)
+                n += self._write_collected()
             if not keep_in_flight or not batches:
-                ready = self._collect(worker)
-                if ready is not None:
-                    n += self._commit(ready)
-                    ready = None
+                n += self._write_collected()
+                while self._inflight:
+                    n += self._commit(self._collect())
         except BaseException:
-            lost = self._inflight
-            if lost is not None:  # keep the pipe in step; its batch is settled again
+            for job in self._collected:
+                self._requeue(job.trace_ids)
+            self._collected.clear()
+            while self._inflight:  # keep every pipe in step; their batches are settled again
+                lost = self._inflight.popleft()
                 try:
-                    self._collect(worker)
+                    assert lost.worker is not None
+                    lost.worker.collect()
                 except Exception:
                     pass
                 self._requeue(lost.trace_ids)
-            if ready is not None:
-                self._requeue(ready.trace_ids)
             self._unwritten.clear()
             raise
+        return n + sum(linked)
+
+    def _write_collected(self) -> int:
+        n = 0
+        while self._collected:
+            n += self._commit(self._collected.popleft())
         return n
 
-    def _collect(self, worker: SettleWorker) -> _Job | None:
-        """The batch in flight with its results (waits for them), or None."""
-        job, self._inflight = self._inflight, None
-        if job is None:
-            return None
+    def _collect_ready(self) -> None:
+        """Collect the oldest batches whose results are already back (without waiting), freeing their workers."""
+        while self._inflight and self._inflight[0].worker is not None and self._inflight[0].worker.ready():
+            self._collected.append(self._collect())
+
+    def _write_linked(self, targets: set[str]) -> int:
+        """Before a batch's link targets are resolved: write the batches up to the last one computing a target."""
+        last = max((i for i, job in enumerate(self._inflight) if not targets.isdisjoint(job.in_batch)), default=-1)
+        if last < 0:
+            return 0
+        n = self._write_collected()
+        for _ in range(last + 1):
+            n += self._commit(self._collect())
+        return n
+
+    def _collect(self) -> _Job:
+        """The oldest batch in flight with its results (waits for them)."""
+        job = self._inflight.popleft()
         try:
-            job.results, job.table = worker.collect()
+            assert job.worker is not None
+            job.results, job.table = job.worker.collect()
         except BaseException:
             self._requeue(job.trace_ids)
             raise
@@ -397,9 +430,10 @@ class Settler:
             p.last_arrival = now
             p.min_seq = min(p.min_seq, s.seq)
 
-    def _prepare(self, trace_ids: list[str]) -> _Job:
+    def _prepare(self, trace_ids: list[str], before_links: Callable[[set[str]], object] | None = None) -> _Job:
         """Everything a batch needs before attribution: its pending spans merged with what was settled of the same
-        traces before (cache, else the spool), and the contexts of link targets outside the batch."""
+        traces before (cache, else the spool), and the contexts of link targets outside the batch.
+        ``before_links(targets)`` runs before those contexts are looked up."""
         t0 = self._clock()
         trace_ids = list(dict.fromkeys(trace_ids))
         spans_by_trace: dict[str, dict[str, StagedSpan]] = {}
@@ -434,6 +468,8 @@ class Settler:
         # written (pipelined settle), the cache, then the ledger (as before a restart).
         in_batch = set(trace_ids)
         targets = {ln.trace_id for tid in trace_ids for s in spans_by_trace[tid].values() for ln in s.links}
+        if targets and before_links is not None:
+            before_links(targets - in_batch)
         local = {t for t in targets if t not in in_batch and (t in self._cache or t in self._unwritten)}
         outside = sorted(t for t in targets if t not in in_batch and t not in local)
         contexts = self._sink.trace_contexts(outside) if outside else {}

@@ -172,8 +172,8 @@ class SettleWorker:
     """One worker process. Restarted with the ``spawn`` method: by then the server has threads and an open
     DuckDB database, which a fork would copy mid-state.
 
-    Threading: ``settle``, ``submit`` and ``collect`` are called by the settler thread only; at most one batch is
-    in flight (``submit`` then ``collect``; the settler writes the previous batch in between). ``close`` may be
+    Threading: ``settle``, ``submit``, ``ready`` and ``collect`` are called by the settler thread only; at most one
+    batch is in flight (``submit`` then ``collect``; the settler writes other batches in between). ``close`` may be
     called from any thread. A worker that dies is restarted on the next batch; the batch it held is retried
     (the spans are in the spool).
     """
@@ -246,6 +246,12 @@ class SettleWorker:
             except (EOFError, OSError) as e:
                 self._died(e)
         return _decode_results(detail, ipc)
+
+    def ready(self) -> bool:
+        """Whether the batch in flight has its results back (``collect`` would not wait); True also when the worker
+        died (``collect`` then raises)."""
+        with self._lock:
+            return self._inflight and self._conn.poll(0)
 
     def _died(self, e: BaseException) -> NoReturn:
         # Died mid-batch (killed, out of memory): restarted on the next call; the settler retries the batch.

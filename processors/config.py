@@ -58,7 +58,7 @@ class ProcessorsConfig(_Strict):
     memory of a settle (records, Arrow tables) however far behind the settler fell."""
     settled_cache_traces: int = Field(default=20_000, ge=0)
     """Recently settled traces kept in memory so a late span re-settles without reading the spool."""
-    settle_workers: int | None = Field(default=None, ge=0, le=1)
-    """Processes that attribute and price settled traces beside the main process (0: in the main process; at
-    most 1 today: a batch is settled in link order). None (unset): 1 when the process may use two or more CPUs."""
+    settle_workers: int | None = Field(default=None, ge=0, le=16)
+    """Processes that attribute and price settled traces beside the main process, one batch in flight on each (0:
+    in the main process). None (unset): 1 when the process may use two or more CPUs."""
     identity: IdentityConfig = IdentityConfig()

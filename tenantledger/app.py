@@ -111,12 +111,12 @@ class Service:
         self.decoder = DecodePool(self.filter, usage_problems, config.receiver.max_spans_per_request,
                                   auto if decode is None else decode)
         settle = config.processors.settle_workers
-        self.worker: SettleWorker | None = None
+        self.workers: list[SettleWorker] = []
         try:
             self.decoder.start(fork=fork)
-            if (auto if settle is None else settle) > 0:
-                self.worker = SettleWorker(config.processors.identity, config.pricing)
-                self.worker.start(fork=fork)
+            for _ in range(auto if settle is None else settle):
+                self.workers.append(SettleWorker(config.processors.identity, config.pricing))
+                self.workers[-1].start(fork=fork)
             self._open(config)
         except BaseException:
             self._close_workers()
@@ -124,8 +124,8 @@ class Service:
 
     def _close_workers(self) -> None:
         self.decoder.close()
-        if self.worker is not None:
-            self.worker.close()
+        for w in self.workers:
+            w.close()
 
     def _open(self, config: Config) -> None:
         path = config.ledger.path
@@ -161,7 +161,7 @@ class Service:
         self.handler = ExportHandler(config.receiver, self.spool, self.filter, usage_problems, self.decoder)
         self.settler = Settler(
             config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure,
-            worker=self.worker,
+            workers=self.workers,
         )
         self.spool.subscribe(self.settler.on_spans)
         self.handler.memory.relief.append(self.settler.shed_cache)

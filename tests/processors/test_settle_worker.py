@@ -71,7 +71,7 @@ def test_worker_killed_is_restarted_and_the_settler_loses_nothing(tmp_path: Path
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
     w = SettleWorker(IdentityConfig(), PricingConfig())
     w.start()
-    settler = Settler(ProcessorsConfig(wait_duration_s=0), src, Ledger(con), Pricer(PricingConfig()), worker=w)
+    settler = Settler(ProcessorsConfig(wait_duration_s=0), src, Ledger(con), Pricer(PricingConfig()), workers=[w])
     try:
         feed(settler, src, ALL[:3])
         settler.flush()
@@ -99,16 +99,17 @@ def test_failing_batch_is_reported_and_the_worker_lives_on(worker: SettleWorker)
 
 
 def _recording_ledger(
-    con: duckdb.DuckDBPyConnection, worker: SettleWorker, fail_on: set[int]
+    con: duckdb.DuckDBPyConnection, worker: SettleWorker | list[SettleWorker], fail_on: set[int]
 ) -> tuple[Ledger, list[Any]]:
-    """A real ledger whose writes are recorded: the traces written (by their test letter), and whether the worker
-    held a batch then."""
+    """A real ledger whose writes are recorded: the traces written (by their test letter), and how many of the
+    workers held a batch then."""
+    workers = worker if isinstance(worker, list) else [worker]
     ledger = Ledger(con)
     writes: list[Any] = []
     write = ledger.write
 
     def recording(settlement: Any) -> None:
-        writes.append(([r.summary.trace_id[0] for r in settlement.results], worker._inflight))
+        writes.append(([r.summary.trace_id[0] for r in settlement.results], sum(w._inflight for w in workers)))
         if len(writes) in fail_on:
             raise duckdb.IOException("disk full (injected)")
         write(settlement)
@@ -129,7 +130,7 @@ def test_a_backlog_is_pipelined_and_a_link_to_the_batch_being_written_resolves(t
     w.start()
     ledger, writes = _recording_ledger(con, w, fail_on=set())
     cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2)
-    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), worker=w)
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=[w])
     try:
         feed(settler, src2, REQUEST + JOB + TWICE)
         settler.flush()
@@ -152,7 +153,7 @@ def test_a_failed_write_in_a_pipelined_backlog_loses_nothing(tmp_path: Path) -> 
     w.start()
     ledger, writes = _recording_ledger(con, w, fail_on={1})
     cfg = ProcessorsConfig(wait_duration_s=0, max_batch_spans=2)
-    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), worker=w)
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=[w])
     try:
         feed(settler, src2, ALL)
         with pytest.raises(duckdb.IOException, match="injected"):
@@ -182,7 +183,7 @@ def test_a_batch_left_in_the_worker_is_written_next_tick_and_a_span_arriving_mea
     ledger = Ledger(con)
     w = SettleWorker(IdentityConfig(), PricingConfig())
     w.start()
-    settler = Settler(ProcessorsConfig(wait_duration_s=0), src2, ledger, Pricer(PricingConfig()), worker=w)
+    settler = Settler(ProcessorsConfig(wait_duration_s=0), src2, ledger, Pricer(PricingConfig()), workers=[w])
     try:
         feed(settler, src2, REQUEST)
         settler.run_once()
@@ -195,3 +196,63 @@ def test_a_batch_left_in_the_worker_is_written_next_tick_and_a_span_arriving_mea
         w.close()
     assert calls(con) == calls(ref_con)
     assert len(calls(con)) == 3 and ledger.watermark() == late.seq
+
+
+def _workers(n: int) -> list[SettleWorker]:
+    ws = [SettleWorker(IdentityConfig(), PricingConfig()) for _ in range(n)]
+    for w in ws:
+        w.start()
+    return ws
+
+
+def test_two_workers_compute_side_by_side_and_a_link_into_a_batch_still_computing_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """Two workers: a batch goes to whichever worker is free, and batches are written in the order they were sent.
+    The job links to the request, whose batch is still computing when the job's is prepared: the request's batch
+    is written first, so the link resolves (from the ledger: no settled-trace cache) instead of being settled
+    again later. The ledger is the one a single in-process transaction gives."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ws = _workers(2)
+    ledger, writes = _recording_ledger(con, ws, fail_on=set())
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2)
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=ws)
+    try:
+        feed(settler, src2, REQUEST + JOB + TWICE)
+        settler.flush()
+        assert not any(w._inflight for w in ws) and settler.pending_spans == 0
+    finally:
+        for w in ws:
+            w.close()
+    assert calls(con) == calls(ref_con)
+    # REQUEST is written before JOB is sent (JOB links into it); TWICE is computed while JOB is written.
+    assert writes == [(["a"], 0), (["b"], 1), (["c", "d"], 0)]
+    job = [r for r in calls(con) if r[0].startswith("b")][0]
+    assert job[3:5] == ("acme", "link")
+
+
+def test_two_workers_a_failed_write_loses_nothing(tmp_path: Path) -> None:
+    """A write fails while both workers hold batches: every batch not written stays pending, both pipes stay in step
+    (no restart), and the retry gives the in-process ledger. One trace a batch: REQUEST is written first (JOB
+    links into it), then JOB's write fails while TWICE's two traces are computing."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src2 = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ws = _workers(2)
+    ledger, writes = _recording_ledger(con, ws, fail_on={2})
+    cfg = ProcessorsConfig(wait_duration_s=0, max_batch_spans=1)
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=ws)
+    try:
+        feed(settler, src2, ALL)
+        with pytest.raises(duckdb.IOException, match="injected"):
+            settler.run_once(force=True)
+        assert writes == [(["a"], 0), (["b"], 2)]  # both workers held a batch when JOB's write failed
+        assert len(calls(con)) == 2 and settler.pending_spans == len(JOB + TWICE)
+        settler.flush()
+        assert all(w.restarts == 0 and not w._inflight for w in ws)
+    finally:
+        for w in ws:
+            w.close()
+    assert calls(con) == calls(ref_con)
