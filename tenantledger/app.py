@@ -63,13 +63,20 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+_MMAP_THRESHOLD = 4 << 20
+
+
 def tune_malloc() -> bool:
     """Keep glibc's heap from growing under sustained load (bench/README.md, memory); False where not glibc.
 
     With one malloc arena per busy thread (gRPC's pool) and the default dynamic mmap threshold, the 0.5-1 MiB
     request buffers were carved out of the arenas and the freed space was not reused across them: the heap grew
-    ~1.4 MiB/s at 7 000 spans/s while less than 50 MiB of it was in use. Two arenas and a fixed 128 KiB mmap
-    threshold (large buffers go back to the kernel on free) keep it flat. Call before the server's threads start.
+    ~1.4 MiB/s at 7 000 spans/s while less than 50 MiB of it was in use. Two arenas, and a fixed mmap threshold of
+    4 MiB: a request's buffers (body, extracted columns, both ways through a worker's pipe) are reused from the
+    heap, larger ones (a settle batch, its records) are mapped and given back on free. At 128 KiB every such buffer
+    was a fresh mapping: on two cores, 4 MiB cut page faults by 30 % and kernel time from ~20 % to ~15 % of the
+    machine, with RSS flat over 240 s on one and two cores (bench/README.md, 2026-11-30 16:40). Call before the
+    server's threads start (workers forked after it inherit it).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -77,7 +84,7 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
-    return bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, 128 * 1024))
+    return bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, _MMAP_THRESHOLD))
 
 
 def discovery_path(ledger_path: Path) -> Path:
