@@ -64,6 +64,7 @@ def usable_cpus() -> int:
 
 
 _MMAP_THRESHOLD = 4 << 20
+_TRIM_THRESHOLD = 64 << 20
 
 
 def tune_malloc() -> bool:
@@ -75,16 +76,19 @@ def tune_malloc() -> bool:
     4 MiB: a request's buffers (body, extracted columns, both ways through a worker's pipe) are reused from the
     heap, larger ones (a settle batch, its records) are mapped and given back on free. At 128 KiB every such buffer
     was a fresh mapping: on two cores, 4 MiB cut page faults by 30 % and kernel time from ~20 % to ~15 % of the
-    machine, with RSS flat over 240 s on one and two cores (bench/README.md, 2026-11-30 16:40). Call before the
-    server's threads start (workers forked after it inherit it).
+    machine, with RSS flat over 240 s on one and two cores. Free space at the top of a heap is given back only
+    beyond 64 MiB (glibc's default, 128 KiB, gave back and faulted in again the space of each large buffer):
+    another ~25 % fewer faults (bench/README.md, 2026-11-30). Call before the server's threads start (workers
+    forked after it inherit it).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
-    return bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, _MMAP_THRESHOLD))
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
+    return (bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, _MMAP_THRESHOLD))
+            and bool(mallopt(m_trim_threshold, _TRIM_THRESHOLD)))
 
 
 def discovery_path(ledger_path: Path) -> Path:
