@@ -63,23 +63,22 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-_MMAP_THRESHOLD = 4 << 20
-_TRIM_THRESHOLD = 64 << 20
-
-
-def tune_malloc() -> bool:
+def tune_malloc(*, worker_pipes: bool) -> bool:
     """Keep glibc's heap from growing under sustained load (bench/README.md, memory); False where not glibc.
 
     With one malloc arena per busy thread (gRPC's pool) and the default dynamic mmap threshold, the 0.5-1 MiB
     request buffers were carved out of the arenas and the freed space was not reused across them: the heap grew
-    ~1.4 MiB/s at 7 000 spans/s while less than 50 MiB of it was in use. Two arenas, and a fixed mmap threshold of
-    4 MiB: a request's buffers (body, extracted columns, both ways through a worker's pipe) are reused from the
-    heap, larger ones (a settle batch, its records) are mapped and given back on free. At 128 KiB every such buffer
-    was a fresh mapping: on two cores, 4 MiB cut page faults by 30 % and kernel time from ~20 % to ~15 % of the
-    machine, with RSS flat over 240 s on one and two cores. Free space at the top of a heap is given back only
-    beyond 64 MiB (glibc's default, 128 KiB, gave back and faulted in again the space of each large buffer):
-    another ~25 % fewer faults (bench/README.md, 2026-11-30). Call before the server's threads start (workers
-    forked after it inherit it).
+    ~1.4 MiB/s at 7 000 spans/s while less than 50 MiB of it was in use. Two arenas and a fixed mmap threshold
+    keep it flat: 128 KiB, so large buffers go back to the kernel on free.
+
+    With worker processes (``worker_pipes``), every request and settle batch also crosses a pipe both ways, and
+    at 128 KiB each of those buffers was a fresh mapping with its page faults: there the threshold is 4 MiB (a
+    request's buffers are reused from the heap; a settle batch and its records, larger, are still mapped) and the
+    top of a heap is given back only beyond 64 MiB (at glibc's 128 KiB it was given back and faulted in again
+    after each large buffer). On two cores: page faults 50-54 k/s -> 24-29 k/s, kernel time ~21 % -> ~14 % of
+    the machine, +7-9 % end to end in each of two A/B series. On one core (no pipes) the same settings gained
+    nothing and widened the RSS band in a 480 s run (816-997 against 825-950 MiB), so they are not used there
+    (bench/README.md, 2026-11-30). Call before the server's threads start; workers forked after it inherit it.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -87,8 +86,10 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
-    return (bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, _MMAP_THRESHOLD))
-            and bool(mallopt(m_trim_threshold, _TRIM_THRESHOLD)))
+    if not worker_pipes:
+        return bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, 128 << 10))
+    return (bool(mallopt(m_arena_max, 2)) and bool(mallopt(m_mmap_threshold, 4 << 20))
+            and bool(mallopt(m_trim_threshold, 64 << 20)))
 
 
 def discovery_path(ledger_path: Path) -> Path:
@@ -110,22 +111,21 @@ class Service:
         # Arrow buffers (spool appends, ledger rows) from the system allocator: with pyarrow's default jemalloc
         # pool the server's RSS kept growing under sustained load (bench/README.md, memory).
         pa.set_memory_pool(pa.system_memory_pool())
-        tune_malloc()
         # Worker processes first, while this process has no other thread and no open database, so they may be
         # forked (cheap) rather than spawned. Unset counts: one of each when this process may use 2+ CPUs.
         fork = threading.active_count() == 1
         auto = 1 if usable_cpus() >= 2 else 0
+        decode = auto if config.receiver.decode_workers is None else config.receiver.decode_workers
+        settle = auto if config.processors.settle_workers is None else config.processors.settle_workers
+        tune_malloc(worker_pipes=decode + settle > 0)  # before the workers: they inherit it
         self.filter = AttributeFilter(
             config.processors.identity.all_keys() | EXTRA_KEYS, config.receiver.max_attribute_value_length
         )
-        decode = config.receiver.decode_workers
-        self.decoder = DecodePool(self.filter, usage_problems, config.receiver.max_spans_per_request,
-                                  auto if decode is None else decode)
-        settle = config.processors.settle_workers
+        self.decoder = DecodePool(self.filter, usage_problems, config.receiver.max_spans_per_request, decode)
         self.workers: list[SettleWorker] = []
         try:
             self.decoder.start(fork=fork)
-            for _ in range(auto if settle is None else settle):
+            for _ in range(settle):
                 self.workers.append(SettleWorker(config.processors.identity, config.pricing))
                 self.workers[-1].start(fork=fork)
             self._open(config)
