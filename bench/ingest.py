@@ -21,10 +21,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
+from statistics import linear_regression, median
 
 from _load import ClientResult, LoadClient, Workload, machine, percentile, rss_mib
 from baseline import run_baseline
@@ -279,14 +279,27 @@ def main(argv: list[str] | None = None) -> int:
                     series = " ".join(f"{t:.0f}s:{v:.0f}" for t, v in samples)
                     # A settler that falls behind holds more spans: the backlog explains RSS that follows it.
                     backlog = " ".join(f"{n:,}" for n in srv.pending)
+                    trend = _trend(samples, args.duration_s)
                     print(f"RSS over {args.duration_s:.0f} s at 80% load ({r.spans} spans, "
                           f"{r.spans / r.client.elapsed_s:,.0f} spans/s): {series} MiB; after warm-up "
                           f"min {min(warm):.0f} max {max(warm):.0f} MiB "
-                          f"(spread {(max(warm) - min(warm)) / min(warm) * 100:.1f}%); spans waiting to settle at "
-                          f"each sample: {backlog}", flush=True)
+                          f"(spread {(max(warm) - min(warm)) / min(warm) * 100:.1f}%; {trend}); spans waiting to "
+                          f"settle at each sample: {backlog}", flush=True)
     finally:
         client.close()
     return 0
+
+
+def _trend(samples: Sequence[tuple[float, float]], duration_s: float) -> str:
+    """The drift of RSS after warm-up, apart from its band: least-squares slope, and the medians of the first and
+    last thirds of the samples (a leak shows in both; a sawtooth in neither)."""
+    warm = [(t, v) for t, v in samples if t >= duration_s * 0.2]
+    if len(warm) < 3:
+        return "trend: too few samples"
+    slope = linear_regression([t for t, _ in warm], [v for _, v in warm]).slope * 60
+    third = len(warm) // 3
+    first, last = median(v for _, v in warm[:third]), median(v for _, v in warm[-third:])
+    return f"trend {slope:+.1f} MiB/min, median of the first third {first:.0f}, of the last third {last:.0f} MiB"
 
 
 if __name__ == "__main__":

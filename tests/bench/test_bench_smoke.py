@@ -44,6 +44,8 @@ def test_ingest_smoke() -> None:
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", out)
     assert re.search(r"spans/s by spans per trace \(1 core\): 1: [\d,]+, 10: [\d,]+, 100: [\d,]+, 1000: [\d,]+", out)
     assert re.search(r"RSS over 2 s at 80% load .* MiB.*spans waiting to settle at each sample: [\d,]+", out)
+    assert re.search(r"trend [+-]\d+\.\d MiB/min, median of the first third \d+, of the last third \d+ MiB|"
+                     r"trend: too few samples", out)
 
 
 def test_queries_smoke() -> None:
