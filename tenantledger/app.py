@@ -159,9 +159,10 @@ class Service:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
             duckdb_mib = min(duckdb_mib, max(16, int(config.receiver.memory_limit_mib / 4)))
         self.con.execute(f"SET memory_limit = '{duckdb_mib}MiB'")
-        # Checkpoints are where DuckDB's CPU per span goes (see ledger.checkpoint_threshold_mib); the data appended
-        # since the last one stays in its cache, hence the cap at half of it.
-        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 2))
+        # Checkpoints are where DuckDB's CPU per span goes (see ledger.checkpoint_threshold_mib); the rows appended
+        # since the last one stay in its cache, at up to ~2x their WAL size (duckdb_memory(), IN_MEMORY_TABLE), and
+        # a checkpoint that cannot pin a block invalidates the database: at most a quarter of the cap.
+        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 4))
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
         self.con.execute(f"SET threads = {config.ledger.duckdb_threads or usable_cpus()}")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).

@@ -34,15 +34,18 @@ class LedgerConfig(_Strict):
     duckdb_memory_limit_mib: int = Field(default=1024, ge=64)
     """Cap of DuckDB's buffer cache in `export` (larger queries spill to `<ledger>.tmp`), so the process's memory
     stays bounded however large the ledger grows."""
-    serve_duckdb_memory_limit_mib: int = Field(default=256, ge=64)
+    serve_duckdb_memory_limit_mib: int = Field(default=512, ge=64)
     """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps what it has read up to
     its cap: at 1 GiB the cache filled over ~10 minutes of sustained ingest, so the server's memory kept rising
-    (bench/README.md, memory). Larger queries spill to `<ledger>.tmp`."""
+    (bench/README.md, memory). Not smaller: the rows appended since the last checkpoint stay in it (up to about
+    twice the checkpoint threshold), and a checkpoint that cannot get memory invalidates the database until a
+    restart (seen at 256 MiB with the 128 MiB threshold: bench/README.md, 2026-11-30 18:00). Larger queries spill
+    to `<ledger>.tmp`."""
     checkpoint_threshold_mib: int = Field(default=128, ge=1)
     """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). Each
     checkpoint recompresses the tables' newest row groups, so a small threshold costs CPU on every span: 16 MiB
     (DuckDB's default) took ~40 % more DuckDB time per settled span than 128 MiB (bench/README.md). Larger: a longer
-    WAL replay after a crash, and more table data in memory between checkpoints (never more than half of serve's
+    WAL replay after a crash, and more table data in memory between checkpoints (never more than a quarter of serve's
     DuckDB cache)."""
     duckdb_threads: int | None = Field(default=None, ge=1)
     """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask). DuckDB
