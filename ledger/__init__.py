@@ -4,6 +4,7 @@ Receives ``processors.Settlement``; optionally publishes to a shared DuckLake (`
 """
 
 from ledger._errors import LedgerError, LedgerLocked, LedgerNotFound, QueryError, ReadOnlyViolation
+from ledger._file import Cursors, LedgerFile
 from ledger._lake import (
     LakePublisher,
     check_lake_query,
@@ -21,9 +22,11 @@ from ledger.config import SharedLedgerConfig
 
 __all__ = [
     "VIEWS",
+    "Cursors",
     "LakePublisher",
     "Ledger",
     "LedgerError",
+    "LedgerFile",
     "LedgerLocked",
     "LedgerNotFound",
     "QueryError",

@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger._errors import LedgerError, LedgerNotFound, QueryError
+from ledger._file import Cursors
 from ledger._focus import FOCUS_VIEW_SQL
 from ledger._query import QueryResult, check_read_only, harden, run_query
 from ledger._schema import CALLS_DDL
@@ -249,7 +250,7 @@ class LakePublisher:
     def __init__(
         self,
         cfg: SharedLedgerConfig,
-        local: duckdb.DuckDBPyConnection,
+        local: Cursors,
         instance_id: str,
         resettle: Resettle,
     ) -> None:

@@ -8,10 +8,10 @@ import datetime as dt
 import threading
 from collections.abc import Mapping, Sequence
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger._file import Cursors
 from ledger._schema import CALLS_DDL
 from ledger._seen import TimedFilter
 from ledger._views import create_views
@@ -91,7 +91,7 @@ class Ledger:
     """Threading: ``write`` is called by the settler thread only; the read helpers may be called from it too.
     Query APIs open their own cursors (see ``ledger.query``)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, *, outbox: bool = False) -> None:
+    def __init__(self, con: Cursors, *, outbox: bool = False) -> None:
         self._con = con.cursor()
         self._lock = threading.Lock()
         self._outbox = outbox

@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 
 from ledger._errors import LedgerLocked, LedgerNotFound, QueryError, ReadOnlyViolation
+from ledger._file import Cursors
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -105,7 +106,7 @@ def open_read_only(path: Path, memory_limit_mib: int | None = None) -> duckdb.Du
 class QueryService:
     """Answers read-only SQL inside the serving process. Threading: any thread; each call uses its own cursor."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: Cursors) -> None:
         self._con = con
         self._lock = threading.Lock()
 

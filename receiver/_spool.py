@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 import duckdb
 import orjson
@@ -66,6 +67,12 @@ _COLUMNS_SCHEMA = _SCHEMA.remove(0)  # all but seq
 SpanListener = Callable[[list[StagedSpan]], None]
 
 
+class Cursors(Protocol):
+    """What the spool needs of the ledger file's connection: cursors on it (a duckdb connection is one)."""
+
+    def cursor(self) -> duckdb.DuckDBPyConnection: ...
+
+
 @dataclass(eq=False)
 class _Ticket:
     """One request's spans waiting to be committed by whichever appending thread commits next."""
@@ -87,7 +94,7 @@ class Spool:
     seen all < N). Listeners run on the committing thread, after the commit, and must not block.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: Cursors) -> None:
         self._con = con.cursor()
         self._reader = con.cursor()
         self._read_lock = threading.Lock()
@@ -159,12 +166,30 @@ class Spool:
     # --- read back (recovery, late spans) ---------------------------------------------------------
 
     def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]:
+        """At most ``limit`` spans after sequence number ``seq``, in order; empty only when none is left.
+
+        Selected by a range of sequence numbers, not ``ORDER BY seq LIMIT``: with a 2-million-span backlog the
+        latter fed every later row to the sort, 6x slower (2.0 s against 0.37 s for 100 000 spans), and its sort
+        reached DuckDB's memory cap. Numbers are consecutive (the spool never deletes), so the range holds
+        ``limit`` spans; a gap would only make a read shorter, and an empty range skips to the next span.
+        """
         with self._read_lock:
-            rel = self._reader.execute(
-                f"SELECT {_COLUMNS} FROM staging_spans WHERE seq > ? ORDER BY seq LIMIT ?", [seq, limit]
-            )
-            rows = _dicts(rel)
+            rows = self._range(seq, limit)
+            if not rows:
+                after = self._reader.execute("SELECT min(seq) FROM staging_spans WHERE seq > ?", [seq]).fetchall()
+                if after and after[0][0] is not None:
+                    rows = self._range(int(after[0][0]) - 1, limit)
         return rows_to_spans(rows)
+
+    def _range(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        # Sorted here, not by an ORDER BY: the rows come in insertion order, which is sequence order, so the sort is
+        # one linear pass, and DuckDB's sort of 100 000 spans held ~80 MiB under its memory cap.
+        rel = self._reader.execute(
+            f"SELECT {_COLUMNS} FROM staging_spans WHERE seq > ? AND seq <= ?", [seq, seq + limit]
+        )
+        rows = _dicts(rel)
+        rows.sort(key=itemgetter("seq"))
+        return rows
 
     def read_traces(self, trace_ids: Sequence[str]) -> list[StagedSpan]:
         if not trace_ids:

@@ -25,6 +25,7 @@ from ledger import (
     LakePublisher,
     Ledger,
     LedgerError,
+    LedgerFile,
     QueryService,
     ScopedViews,
     default_instance_id,
@@ -141,19 +142,20 @@ class Service:
     def _open(self, config: Config) -> None:
         path = config.ledger.path
         try:
-            self.con = duckdb.connect(str(path))
+            self.file = LedgerFile(path)
         except duckdb.IOException as e:
             raise LedgerError(
                 f"cannot open the ledger {path}: {str(e).splitlines()[0]}",
                 "is another `tenantledger serve` using it? Stop it or pass another --ledger",
             ) from e
-        self.spool = Spool(self.con)
+        self.con = self.file.con
+        self.spool = Spool(self.file)
         shared = config.ledger.shared
-        self.ledger = Ledger(self.con, outbox=shared.enabled)
+        self.ledger = Ledger(self.file, outbox=shared.enabled)
         # The anomaly view bakes in the configured method parameters (README: spend anomalies).
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
-        self.budgets = BudgetMonitor(config.budgets, self.con.cursor())
+        self.budgets = BudgetMonitor(config.budgets, self.file.cursor())
         duckdb_mib = config.ledger.serve_duckdb_memory_limit_mib
         if config.receiver.memory_limit_mib:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
@@ -177,11 +179,11 @@ class Service:
         )
         self.spool.subscribe(self.settler.on_spans)
         self.handler.memory.relief.append(self.settler.shed_cache)
-        self.queries = QueryService(self.con)
+        self.queries = QueryService(self.file)
         # Scale-out (docs/adr/0002): settled rows are also published to the shared DuckLake.
         self.lake: LakePublisher | None = None
         if shared.enabled:
-            self.lake = LakePublisher(shared, self.con, shared.instance_id or default_instance_id(path),
+            self.lake = LakePublisher(shared, self.file, shared.instance_id or default_instance_id(path),
                                       self._resettle)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None

@@ -89,3 +89,23 @@ def test_a_failed_group_commit_refuses_every_request_of_the_group_and_publishes_
     assert len(errors) == 16 and not published
     assert all("could not commit spans" in str(e) for e in errors)
     assert spool.last_seq == 0
+
+
+def test_read_after_pages_through_the_spool_in_order_and_skips_a_gap(tmp_path: Any) -> None:
+    """Recovery and the spill path page with read_after(last seq read, limit): every span comes back once, in
+    order, each page at most ``limit`` long, and a run of missing numbers does not end the paging early."""
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))
+    spool = Spool(con)
+    for _, ex in _requests(AttributeFilter(IdentityConfig().all_keys())):
+        spool.append(ex)  # type: ignore[arg-type]
+    total = spool.last_seq
+    assert total > 100
+    con.cursor().execute("DELETE FROM staging_spans WHERE seq BETWEEN 20 AND 60")  # a gap longer than a page
+    seen: list[int] = []
+    seq = 0
+    while page := spool.read_after(seq, 7):
+        assert len(page) <= 7
+        seen += [s.seq for s in page]
+        seq = page[-1].seq
+    assert seen == [n for n in range(1, total + 1) if not 20 <= n <= 60]
+    assert spool.read_after(total, 7) == []
