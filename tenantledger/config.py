@@ -38,15 +38,15 @@ class LedgerConfig(_Strict):
     """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps what it has read up to
     its cap: at 1 GiB the cache filled over ~10 minutes of sustained ingest, so the server's memory kept rising
     (bench/README.md, memory). Not smaller: the rows appended since the last checkpoint stay in it (up to about
-    twice the checkpoint threshold), and a checkpoint that cannot get memory invalidates the database until a
-    restart (seen at 256 MiB with the 128 MiB threshold: bench/README.md, 2026-11-30 18:00). Larger queries spill
-    to `<ledger>.tmp`."""
-    checkpoint_threshold_mib: int = Field(default=128, ge=1)
+    twice the checkpoint threshold, ~3x during a checkpoint), and a checkpoint that cannot get memory invalidates the
+    database until a restart (seen at 256 MiB with the 128 MiB threshold: bench/README.md, 2026-11-30 18:00). Larger
+    queries spill to `<ledger>.tmp`."""
+    checkpoint_threshold_mib: int = Field(default=64, ge=1)
     """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). Each
     checkpoint recompresses the tables' newest row groups, so a small threshold costs CPU on every span: 16 MiB
     (DuckDB's default) took ~40 % more DuckDB time per settled span than 128 MiB (bench/README.md). Larger: a longer
-    WAL replay after a crash, and more table data in memory between checkpoints (never more than a quarter of serve's
-    DuckDB cache)."""
+    WAL replay after a crash, and more table data in memory between checkpoints and during them (up to ~3x the
+    threshold), so never more than an eighth of serve's DuckDB cache."""
     duckdb_threads: int | None = Field(default=None, ge=1)
     """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask). DuckDB
     itself counts the machine's CPUs, so on one CPU of two it ran two threads that took turns: a 512-span spool
