@@ -47,7 +47,9 @@ class Settlement:
 
 class SpanSource(Protocol):
     def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]: ...
-    def read_traces(self, trace_ids: Sequence[str]) -> list[StagedSpan]: ...
+    def read_traces(
+        self, trace_ids: Sequence[str], seq_from: int | None = None, seq_to: int | None = None
+    ) -> list[StagedSpan]: ...
 
 
 class SettlementSink(Protocol):
@@ -56,6 +58,16 @@ class SettlementSink(Protocol):
     def known_traces(self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None) -> set[str]: ...
     def trace_contexts(self, trace_ids: Sequence[str]) -> dict[str, LinkedContext]: ...
     def dependents(self, trace_ids: Sequence[str]) -> set[str]: ...
+
+
+@dataclass(slots=True)
+class _Settled:
+    """What is remembered of a settled trace: where its spans are in the spool, and its summary (link contexts)."""
+
+    min_seq: int
+    max_seq: int
+    spans: int
+    summary: TraceSummary
 
 
 @dataclass
@@ -124,7 +136,7 @@ class Settler:
         self._pending_spans = 0
         self._max_seen_seq = 0
         self._resettle: set[str] = set()
-        self._cache: OrderedDict[str, tuple[dict[str, StagedSpan], TraceSummary]] = OrderedDict()
+        self._cache: OrderedDict[str, _Settled] = OrderedDict()
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
         self._inflight: deque[_Job] = deque()  # sent to a worker, oldest first; results not collected yet
         self._collected: deque[_Job] = deque()  # collected, not written yet (older than every job in flight)
@@ -314,7 +326,7 @@ class Settler:
         for tid in dict.fromkeys(due):
             p = self._pending.get(tid)
             cached = self._cache.get(tid)
-            k = len(p.spans) if p is not None else (len(cached[0]) if cached is not None else 1)
+            k = len(p.spans) if p is not None else (cached.spans if cached is not None else 1)
             if batches[-1] and size + k > limit:
                 batches.append([])
                 size = 0
@@ -449,19 +461,21 @@ class Settler:
             started = {tid: min(s.start_time_unix_nano for s in spans_by_trace[tid].values())
                        for tid in missing if spans_by_trace[tid]}
             known = self._sink.known_traces(missing, started)
-        for tid in trace_ids:
-            if tid in self._cache:
-                self.stats.resettled += 1
-                for sid, s in self._cache[tid][0].items():
-                    cur = spans_by_trace[tid].get(sid)
-                    if cur is None or s.seq < cur.seq:
-                        spans_by_trace[tid][sid] = s
+        settled: list[StagedSpan] = []
+        if cached:
+            # Read back from the spool, within the sequence numbers the cached traces' spans had: the row groups
+            # outside that range are skipped (zone maps), so this costs a few milliseconds, not a scan of the spool.
+            self.stats.resettled += len(cached)
+            entries = [self._cache[tid] for tid in cached]
+            lo, hi = min(e.min_seq for e in entries), max(e.max_seq for e in entries)
+            settled = self._source.read_traces(sorted(cached), lo, hi)
         if known:
             self.stats.resettled += len(known)
-            for s in self._source.read_traces(sorted(known)):
-                cur = spans_by_trace[s.trace_id].get(s.span_id)
-                if cur is None or s.seq < cur.seq:
-                    spans_by_trace[s.trace_id][s.span_id] = s
+            settled += self._source.read_traces(sorted(known))
+        for s in settled:  # a span reported twice: the first report wins, as when it was settled
+            cur = spans_by_trace[s.trace_id].get(s.span_id)
+            if cur is None or s.seq < cur.seq:
+                spans_by_trace[s.trace_id][s.span_id] = s
         trace_ids = [tid for tid in trace_ids if spans_by_trace[tid]]
 
         # Link targets: settle targets first within the batch; otherwise ask the batch computed but not yet
@@ -474,7 +488,7 @@ class Settler:
         outside = sorted(t for t in targets if t not in in_batch and t not in local)
         contexts = self._sink.trace_contexts(outside) if outside else {}
         for t in local:
-            summ = self._unwritten[t] if t in self._unwritten else self._cache[t][1]
+            summ = self._unwritten[t] if t in self._unwritten else self._cache[t].summary
             contexts[t] = LinkedContext(summ.trace_id, summ.request_id, summ.tenant_id, summ.user_id)
         order = _link_order(trace_ids, spans_by_trace)
         batch = {tid: list(spans_by_trace[tid].values()) for tid in order}
@@ -533,7 +547,10 @@ class Settler:
     def _remember(self, tid: str, spans: dict[str, StagedSpan], summary: TraceSummary) -> None:
         if self._cfg.settled_cache_traces == 0:
             return
-        self._cache[tid] = (spans, summary)
+        # Not the spans themselves: 20 000 cached traces of ~10 spans with their attribute dicts held ~600 MiB
+        # (bench/README.md, 2026-11-25); a sequence range and a summary are ~200 bytes.
+        seqs = [s.seq for s in spans.values()]
+        self._cache[tid] = _Settled(min(seqs), max(seqs), len(seqs), summary)
         self._cache.move_to_end(tid)
         while len(self._cache) > self._cfg.settled_cache_traces:
             self._cache.popitem(last=False)

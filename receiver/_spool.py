@@ -191,15 +191,23 @@ class Spool:
         rows.sort(key=itemgetter("seq"))
         return rows
 
-    def read_traces(self, trace_ids: Sequence[str]) -> list[StagedSpan]:
+    def read_traces(
+        self, trace_ids: Sequence[str], seq_from: int | None = None, seq_to: int | None = None
+    ) -> list[StagedSpan]:
+        """Every staged span of these traces, in sequence order; only those numbered ``seq_from..seq_to``
+        (inclusive) when given, which skips the rest of the spool instead of scanning it."""
         if not trace_ids:
             return []
+        where, params = "", []
+        if seq_from is not None and seq_to is not None:
+            where, params = " AND seq BETWEEN ? AND ?", [seq_from, seq_to]
         with self._read_lock:
             cur = self._reader
             cur.register("_want", pa.table({"trace_id": pa.array(list(trace_ids), pa.string())}))
             try:
                 rel = cur.execute(
-                    f"SELECT {_COLUMNS} FROM staging_spans WHERE trace_id IN (SELECT trace_id FROM _want) ORDER BY seq"
+                    f"SELECT {_COLUMNS} FROM staging_spans WHERE trace_id IN (SELECT trace_id FROM _want){where} "
+                    "ORDER BY seq", params
                 )
                 rows = _dicts(rel)
             finally:

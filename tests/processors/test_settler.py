@@ -27,9 +27,10 @@ class ListSource:
     def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]:
         return sorted((s for s in self.spans if s.seq > seq), key=lambda s: s.seq)[:limit]
 
-    def read_traces(self, trace_ids: Any) -> list[StagedSpan]:
+    def read_traces(self, trace_ids: Any, seq_from: int | None = None, seq_to: int | None = None) -> list[StagedSpan]:
         want = set(trace_ids)
-        return [s for s in self.spans if s.trace_id in want]
+        lo, hi = (seq_from, seq_to) if seq_from is not None and seq_to is not None else (0, 1 << 62)
+        return [s for s in self.spans if s.trace_id in want and lo <= s.seq <= hi]
 
 
 def make(path: Path, source: ListSource) -> tuple[duckdb.DuckDBPyConnection, Settler]:

@@ -109,3 +109,22 @@ def test_read_after_pages_through_the_spool_in_order_and_skips_a_gap(tmp_path: A
         seq = page[-1].seq
     assert seen == [n for n in range(1, total + 1) if not 20 <= n <= 60]
     assert spool.read_after(total, 7) == []
+
+
+def test_read_traces_within_a_sequence_range_returns_only_those_spans(tmp_path: Any) -> None:
+    """A late span re-settles its trace from the sequence numbers the trace's spans had (the settler remembers
+    them instead of the spans): spans of the trace outside the range are left out, other traces never come."""
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))
+    spool = Spool(con)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    for _, ex in reqs + reqs:  # every trace twice: once early, once late
+        spool.append(ex)  # type: ignore[arg-type]
+    all_spans = spool.read_after(0, 1_000_000)
+    tid = all_spans[0].trace_id
+    of_trace = [s.seq for s in all_spans if s.trace_id == tid]
+    assert len(of_trace) >= 2
+    lo = of_trace[0]
+    hi = max(s for s in of_trace if s < spool.last_seq // 2 + 1)  # the first copy only
+    got = spool.read_traces([tid], lo, hi)
+    assert [s.seq for s in got] == [s for s in of_trace if lo <= s <= hi]
+    assert [s.seq for s in spool.read_traces([tid])] == of_trace
