@@ -60,6 +60,12 @@ class SettlementSink(Protocol):
     def dependents(self, trace_ids: Sequence[str]) -> set[str]: ...
 
 
+# The spans of the most recently settled traces stay in memory as well: a trace split across two export requests
+# is re-settled moments later, and reading it back from the spool each tick cost ~4 % of the one-core throughput
+# (bench/README.md, 2026-11-30 19:45). ~10 000 spans, ~30 MiB.
+HOT_TRACES = 1_000
+
+
 @dataclass(slots=True)
 class _Settled:
     """What is remembered of a settled trace: where its spans are in the spool, and its summary (link contexts)."""
@@ -137,6 +143,7 @@ class Settler:
         self._max_seen_seq = 0
         self._resettle: set[str] = set()
         self._cache: OrderedDict[str, _Settled] = OrderedDict()
+        self._hot: OrderedDict[str, dict[str, StagedSpan]] = OrderedDict()  # spans of the newest cached traces
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
         self._inflight: deque[_Job] = deque()  # sent to a worker, oldest first; results not collected yet
         self._collected: deque[_Job] = deque()  # collected, not written yet (older than every job in flight)
@@ -280,6 +287,7 @@ class Settler:
             if self._shed.is_set():
                 self._shed.clear()
                 self._cache.clear()
+                self._hot.clear()
             now = self._clock()
             with self._inbox_lock:
                 batches = list(self._inbox)
@@ -462,13 +470,16 @@ class Settler:
                        for tid in missing if spans_by_trace[tid]}
             known = self._sink.known_traces(missing, started)
         settled: list[StagedSpan] = []
-        if cached:
+        self.stats.resettled += len(cached)
+        for tid in cached & self._hot.keys():
+            settled.extend(self._hot[tid].values())
+        cold = cached - self._hot.keys()
+        if cold:
             # Read back from the spool, within the sequence numbers the cached traces' spans had: the row groups
             # outside that range are skipped (zone maps), so this costs a few milliseconds, not a scan of the spool.
-            self.stats.resettled += len(cached)
-            entries = [self._cache[tid] for tid in cached]
+            entries = [self._cache[tid] for tid in cold]
             lo, hi = min(e.min_seq for e in entries), max(e.max_seq for e in entries)
-            settled = self._source.read_traces(sorted(cached), lo, hi)
+            settled += self._source.read_traces(sorted(cold), lo, hi)
         if known:
             self.stats.resettled += len(known)
             settled += self._source.read_traces(sorted(known))
@@ -553,7 +564,11 @@ class Settler:
         self._cache[tid] = _Settled(min(seqs), max(seqs), len(seqs), summary)
         self._cache.move_to_end(tid)
         while len(self._cache) > self._cfg.settled_cache_traces:
-            self._cache.popitem(last=False)
+            self._hot.pop(self._cache.popitem(last=False)[0], None)
+        self._hot[tid] = spans
+        self._hot.move_to_end(tid)
+        while len(self._hot) > min(HOT_TRACES, self._cfg.settled_cache_traces):
+            self._hot.popitem(last=False)
 
 
 def _link_order(trace_ids: list[str], spans: dict[str, dict[str, StagedSpan]]) -> list[str]:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import Ledger
-from processors import ProcessorsConfig, Settler
+from processors import ProcessorsConfig, Settler, _settler
 from processors._pricing import Pricer, PricingConfig
 from receiver import StagedSpan
 from tests.processors.spans import chat, span
@@ -125,6 +125,37 @@ def test_late_span_corrects_instead_of_charging_twice(tmp_path: Path) -> None:
     s.flush()
     rows = [r for r in calls(con) if r[0].startswith("e")]
     assert len(rows) == 1 and rows[0][3:5] == ("acme", "ancestor")
+
+
+@pytest.mark.parametrize("hot", [True, False])
+def test_a_late_span_re_settles_a_cached_trace_from_memory_or_from_its_spool_range(
+    tmp_path: Path, monkeypatch: Any, hot: bool
+) -> None:
+    """The cache remembers a settled trace's sequence range; only the newest traces keep their spans in memory
+    (HOT_TRACES). Either way the late span gives the same ledger as settling everything at once, and a trace
+    that is not hot is read back by its range only."""
+    monkeypatch.setattr(_settler, "HOT_TRACES", 1_000 if hot else 0)
+    expected = calls(reference(tmp_path / "ref.duckdb"))
+    asked: list[tuple[Any, ...]] = []
+
+    class Recording(ListSource):
+        def read_traces(self, trace_ids: Any, seq_from: int | None = None,
+                        seq_to: int | None = None) -> list[StagedSpan]:
+            asked.append((tuple(trace_ids), seq_from, seq_to))
+            return super().read_traces(trace_ids, seq_from, seq_to)
+
+    src = Recording()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=100, settle_workers=0)
+    s = Settler(cfg, src, Ledger(con), Pricer(PricingConfig()))
+    feed(s, src, [x for x in ALL if x is not REQUEST[0]])
+    s.flush()
+    feed(s, src, [REQUEST[0]])  # the request's root, late: the job linked to it re-settles too
+    s.flush()
+    assert calls(con) == expected
+    tid = REQUEST[0].trace_id
+    cold = [a for a in asked if tid in a[0]]
+    assert cold == ([] if hot else [((tid,), 2, 3)])
 
 
 def test_job_before_its_request_is_re_settled_when_the_request_arrives(tmp_path: Path) -> None:
