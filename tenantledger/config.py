@@ -34,14 +34,14 @@ class LedgerConfig(_Strict):
     duckdb_memory_limit_mib: int = Field(default=1024, ge=64)
     """Cap of DuckDB's buffer cache in `export` (larger queries spill to `<ledger>.tmp`), so the process's memory
     stays bounded however large the ledger grows."""
-    serve_duckdb_memory_limit_mib: int = Field(default=512, ge=64)
-    """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps what it has read up to
-    its cap: at 1 GiB the cache filled over ~10 minutes of sustained ingest, so the server's memory kept rising
-    (bench/README.md, memory). Not smaller: the rows appended since the last checkpoint stay in it (up to about
+    serve_duckdb_memory_limit_mib: int = Field(default=256, ge=64)
+    """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps the blocks it has read or
+    written up to its cap: at 512 MiB they filled it over ~10 minutes of sustained ingest, so the server's memory kept
+    rising (bench/README.md, 2026-11-30 19:00). The rows appended since the last checkpoint stay in it (up to about
     twice the checkpoint threshold, ~3x during a checkpoint), and a checkpoint that cannot get memory invalidates the
-    database until a restart (seen at 256 MiB with the 128 MiB threshold: bench/README.md, 2026-11-30 18:00). Larger
-    queries spill to `<ledger>.tmp`."""
-    checkpoint_threshold_mib: int = Field(default=64, ge=1)
+    database until a restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 18:00), so
+    the threshold is at most an eighth of this cap. Larger queries spill to `<ledger>.tmp`."""
+    checkpoint_threshold_mib: int = Field(default=32, ge=1)
     """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). Each
     checkpoint recompresses the tables' newest row groups, so a small threshold costs CPU on every span: 16 MiB
     (DuckDB's default) took ~40 % more DuckDB time per settled span than 128 MiB (bench/README.md). Larger: a longer

@@ -35,9 +35,9 @@ def test_serve_caps_duckdb_cache_apart_from_export(tmp_path: Path) -> None:
     checkpoint threshold (ledger.checkpoint_threshold_mib) is at most an eighth of the cap: the rows appended since
     the last checkpoint stay in it, at up to twice their WAL size, and a checkpoint holds up to ~3x it."""
     for extra, expected, checkpoint in (
-        ({}, "512.0 MiB", "64.0 MiB"),
+        ({}, "256.0 MiB", "32.0 MiB"),
         ({"ledger": {"serve_duckdb_memory_limit_mib": 128}}, "128.0 MiB", "16.0 MiB"),
-        ({"ledger": {"checkpoint_threshold_mib": 16}}, "512.0 MiB", "16.0 MiB"),
+        ({"ledger": {"checkpoint_threshold_mib": 16}}, "256.0 MiB", "16.0 MiB"),
         ({"receiver": {"memory_limit_mib": 400}}, "100.0 MiB", "12.0 MiB"),
     ):
         ledger = {"path": str(tmp_path / f"l{expected[:3]}{checkpoint[:3]}.duckdb"), **extra.get("ledger", {})}
