@@ -3,7 +3,14 @@
 Receives ``processors.Settlement``; optionally publishes to a shared DuckLake (``ledger._lake``).
 """
 
-from ledger._errors import LedgerError, LedgerLocked, LedgerNotFound, QueryError, ReadOnlyViolation
+from ledger._errors import (
+    LedgerError,
+    LedgerInvalidated,
+    LedgerLocked,
+    LedgerNotFound,
+    QueryError,
+    ReadOnlyViolation,
+)
 from ledger._file import Cursors, LedgerFile
 from ledger._lake import (
     LakePublisher,
@@ -27,6 +34,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LedgerFile",
+    "LedgerInvalidated",
     "LedgerLocked",
     "LedgerNotFound",
     "QueryError",

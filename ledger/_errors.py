@@ -26,3 +26,7 @@ class LedgerLocked(LedgerError):
 
 class LedgerNotFound(LedgerError):
     pass
+
+
+class LedgerInvalidated(LedgerError):
+    """DuckDB invalidated the ledger (a checkpoint failed): it refuses every read and write until reopened."""

@@ -9,6 +9,8 @@ from typing import Protocol
 
 import duckdb
 
+from ledger._errors import LedgerInvalidated
+
 CATALOG = "ledger"
 # DuckDB's default row group holds 122 880 rows. Spool commits are small, so each checkpoint leaves a partial row
 # group, and a later checkpoint rewrites it: with ~1 KB spans that rewrite held up to ~390 MiB of unevictable
@@ -38,9 +40,26 @@ class LedgerFile:
             self.con.close()
             raise
         self._lock = threading.Lock()
+        self._probe = self.cursor()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
             cur = self.con.cursor()
         cur.execute(f"USE {CATALOG}")
         return cur
+
+    def check(self) -> None:
+        """Raise LedgerInvalidated if DuckDB has invalidated the ledger. After a failed checkpoint DuckDB refuses
+        every statement on the database ("has been invalidated ... Detach and reattach it"; FatalException when
+        it is not attached); what was committed is in the file and its WAL, replayed when it is opened again.
+        Other errors are not this check's business and are ignored. Threading: one caller at a time."""
+        try:
+            self._probe.execute("SELECT count(*) FROM duckdb_databases()").fetchall()  # touches every attached one
+        except duckdb.Error as e:
+            if isinstance(e, duckdb.FatalException) or "invalidated" in str(e):
+                first = str(e).splitlines()[0]
+                raise LedgerInvalidated(
+                    f"DuckDB invalidated the ledger ({first})",
+                    "restart `tenantledger serve` (under a supervisor it restarts by itself): every acknowledged "
+                    "span is in the ledger file or its WAL and is settled again at start",
+                ) from e

@@ -269,13 +269,15 @@ class LakePublisher:
         self._thread = threading.Thread(target=self._loop, name="lake-publisher", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the loop, publish everything still waiting, close the lake connection."""
+    def stop(self, *, flush: bool = True) -> None:
+        """Stop the loop, publish everything still waiting (unless ``flush`` is false: the outbox keeps it for the
+        next start), close the lake connection."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         try:
-            self.flush()
+            if flush:
+                self.flush()
         finally:
             self._lake.close()
 

@@ -255,6 +255,16 @@ class Settler:
             for w in self._workers:
                 w.close()
 
+    def abandon(self) -> None:
+        """Stop the loop and the workers without settling what is pending: the ledger can no longer be written.
+        Every pending span is in the spool, after the ledger's watermark, and is settled at the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        for w in self._workers:
+            w.close()
+
     def flush(self) -> None:
         with self._lock:
             rounds = 0

@@ -26,6 +26,7 @@ from ledger import (
     Ledger,
     LedgerError,
     LedgerFile,
+    LedgerInvalidated,
     QueryService,
     ScopedViews,
     default_instance_id,
@@ -54,6 +55,10 @@ from tenantledger.finops._anomalies import anomalies_sql
 from tenantledger.finops._budgets import budget_check
 
 log = logging.getLogger("tenantledger")
+
+# How often serve checks that DuckDB still accepts the ledger: a failed checkpoint invalidates it until it is
+# reopened, and every write is refused meanwhile (ledger.LedgerFile.check).
+LEDGER_CHECK_INTERVAL_S = 1.0
 
 
 def usable_cpus() -> int:
@@ -190,6 +195,9 @@ class Service:
         self.http: HttpServer | None = None
         self.recovered = 0
         self._stopped = threading.Event()
+        self.failed = threading.Event()
+        """Set when DuckDB invalidated the ledger (``failure`` says how): the process must stop and be restarted."""
+        self.failure: LedgerInvalidated | None = None
 
     def start(self) -> Endpoints:
         self.recovered = self.settler.recover()
@@ -203,6 +211,7 @@ class Service:
         # switch interval a busy Python thread made a 3 ms spool commit take ~35 ms (bench/README.md).
         sys.setswitchinterval(0.0005)
         self.settler.start()
+        threading.Thread(target=self._watch_ledger, name="ledger-watch", daemon=True).start()
         self.budgets.start()
         if self.lake is not None:
             self.lake.start()
@@ -230,11 +239,25 @@ class Service:
         )
         return ep
 
+    def _watch_ledger(self) -> None:
+        while not self._stopped.wait(LEDGER_CHECK_INTERVAL_S):
+            try:
+                self.file.check()
+            except LedgerInvalidated as e:
+                self.failure = e
+                log.critical("%s; stopping so that a restart reopens it", e.message)
+                self.failed.set()
+                return
+
     def stop(self) -> None:
-        """Stop accepting, finish in-flight requests, settle and flush everything pending, close the ledger."""
+        """Stop accepting, finish in-flight requests, settle and flush everything pending, close the ledger. After
+        ``failed``: stop without settling or writing anything (the ledger refuses it; the next start settles)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.failed.is_set():
+            self._abandon()
+            return
         grace = self.config.service.shutdown_grace_s
         if self.grpc is not None:
             self.grpc.stop(grace)
@@ -259,6 +282,26 @@ class Service:
         except duckdb.Error as e:
             log.warning("checkpoint at shutdown failed (%s); the WAL will be replayed at next start", e)
         self.con.close()
+        try:
+            discovery_path(self.config.ledger.path).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _abandon(self) -> None:
+        # Requests still in flight fail retryably (the spool refuses them): their senders retry after the restart.
+        if self.grpc is not None:
+            self.grpc.stop(0)
+        if self.http is not None:
+            self.http.stop(0)
+        self.decoder.close()
+        self.settler.abandon()
+        self.budgets.stop()
+        if self.lake is not None:
+            self.lake.stop(flush=False)
+        try:
+            self.con.close()
+        except duckdb.Error:
+            pass
         try:
             discovery_path(self.config.ledger.path).unlink()
         except FileNotFoundError:

@@ -77,7 +77,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A timed wait, not stop.wait(): SIGTERM may be delivered to any of the process's threads (gRPC, DuckDB), and
     # Python runs its handler only when the main thread next runs bytecode; an untimed wait could sleep through it.
     while not stop.wait(0.25):
-        pass
+        if service.failed.is_set():
+            break
+    if service.failure is not None:
+        # Nothing can be written any more: exit non-zero at once so that a supervisor restarts the server, whose
+        # start replays the WAL and settles every acknowledged span.
+        service.stop()
+        raise service.failure
     print("tenantledger: stopping (draining, settling, flushing the ledger)", flush=True)
     service.stop()
     print("tenantledger: stopped", flush=True)

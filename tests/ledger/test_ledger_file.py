@@ -1,12 +1,14 @@
-"""The serving connection to the ledger file: small row groups, and every cursor in the ledger's database."""
+"""The serving connection to the ledger file: small row groups, every cursor in the ledger's database, and the
+check that DuckDB has not invalidated it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import duckdb
+import pytest
 
-from ledger import LedgerFile
+from ledger import LedgerFile, LedgerInvalidated
 from ledger._file import ROW_GROUP_SIZE
 
 
@@ -36,3 +38,24 @@ def test_every_cursor_starts_in_the_ledger_database(tmp_path: Path) -> None:
     assert f.cursor().execute("SELECT current_database(), count(*) FROM t").fetchall() == [("ledger", 0)]
     assert f.con.execute("SELECT current_database()").fetchall() == [("ledger",)]
     f.con.close()
+
+
+def test_check_reports_a_ledger_that_duckdb_invalidated_and_the_committed_rows_survive(tmp_path: Path) -> None:
+    """After a failed checkpoint (DuckDB's own fault injection) every statement is refused: check() says so with
+    the fix; reopening the file replays the WAL, committed rows included."""
+    path = tmp_path / "l.duckdb"
+    f = LedgerFile(path)
+    cur = f.cursor()
+    cur.execute("CREATE TABLE t (i BIGINT)")
+    cur.execute("INSERT INTO t SELECT range FROM range(1000)")
+    f.check()  # healthy: no error
+    f.con.execute("SET debug_checkpoint_abort = 'before_header'")
+    with pytest.raises(duckdb.Error):
+        f.con.execute("CHECKPOINT")
+    with pytest.raises(LedgerInvalidated) as e:
+        f.check()
+    assert "invalidated" in e.value.message and e.value.hint and "restart" in e.value.hint
+    f.con.close()
+    again = LedgerFile(path)
+    assert again.cursor().execute("SELECT count(*) FROM t").fetchall() == [(1000,)]
+    again.check()
