@@ -50,7 +50,7 @@ class DemoStats:
 class Workload:
     """Builds traces with explicit (back-dated) timestamps so the dashboard shows several days of history."""
 
-    def __init__(self, target: str, seed: int = 7, days: int = 14) -> None:
+    def __init__(self, target: str, seed: int = 7, days: float = 14) -> None:
         self.rng = random.Random(seed)
         self.days = days
         self.stats = DemoStats()
@@ -173,7 +173,7 @@ class Workload:
     def run(self, requests: int, live_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> DemoStats:
         """``requests`` user requests spread over the last ``days`` days; then ``live_s`` seconds of live traffic."""
         now = time.time_ns() - 120_000_000_000
-        span_ns = self.days * 86_400 * 1_000_000_000
+        span_ns = int(self.days * 86_400 * 1_000_000_000)
         for i in range(requests):
             t0 = now - span_ns + int(span_ns * (i + self.rng.random()) / max(requests, 1)) - 60_000_000_000
             self.request(min(t0, now - 60_000_000_000))
