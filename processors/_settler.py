@@ -243,27 +243,20 @@ class Settler:
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the loop and settle everything still pending (shutdown: 'stop, then read the ledger')."""
+    def stop(self, *, settle: bool = True) -> None:
+        """Stop the loop and settle everything still pending (shutdown: 'stop, then read the ledger'). With
+        ``settle`` false (the ledger can no longer be written), only stop: every pending span is in the spool,
+        after the ledger's watermark, and is settled at the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
         try:
-            self.flush()
+            if settle:
+                self.flush()
         finally:
             for w in self._workers:
                 w.close()
-
-    def abandon(self) -> None:
-        """Stop the loop and the workers without settling what is pending: the ledger can no longer be written.
-        Every pending span is in the spool, after the ledger's watermark, and is settled at the next start."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        for w in self._workers:
-            w.close()
 
     def flush(self) -> None:
         with self._lock:

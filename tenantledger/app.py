@@ -282,10 +282,7 @@ class Service:
         except duckdb.Error as e:
             log.warning("checkpoint at shutdown failed (%s); the WAL will be replayed at next start", e)
         self.con.close()
-        try:
-            discovery_path(self.config.ledger.path).unlink()
-        except FileNotFoundError:
-            pass
+        discovery_path(self.config.ledger.path).unlink(missing_ok=True)
 
     def _abandon(self) -> None:
         # Requests still in flight fail retryably (the spool refuses them): their senders retry after the restart.
@@ -294,7 +291,7 @@ class Service:
         if self.http is not None:
             self.http.stop(0)
         self.decoder.close()
-        self.settler.abandon()
+        self.settler.stop(settle=False)
         self.budgets.stop()
         if self.lake is not None:
             self.lake.stop(flush=False)
@@ -302,10 +299,7 @@ class Service:
             self.con.close()
         except duckdb.Error:
             pass
-        try:
-            discovery_path(self.config.ledger.path).unlink()
-        except FileNotFoundError:
-            pass
+        discovery_path(self.config.ledger.path).unlink(missing_ok=True)
 
     def _resettle(self, rows: list[dict[str, object]]) -> list[UsageRecord]:
         """One trace, settled from all instances' spans (a trace whose spans reached two instances)."""
