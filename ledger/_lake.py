@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ledger._errors import LedgerError, LedgerNotFound, QueryError
 from ledger._file import Cursors
@@ -228,6 +229,11 @@ def check_lake_query(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 Resettle = Callable[[list[dict[str, Any]]], Sequence[UsageRecord]]
 """Re-settle one whole trace from its staged-span rows (the spool's columns), as the settler would."""
 
+SpanRows = Callable[[Sequence[str], "int | None", "int | None"], pa.Table]
+"""The staged-span rows of these traces (the spool's columns, ``_SPAN_COLUMNS``), only those numbered
+``seq_from..seq_to`` when given: where the spans of a settled trace are read from (the entry point wires the
+receiver's spool here)."""
+
 _SPAN_COLUMNS = (
     "seq, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, service_name, scope_name, "
     "scope_version, attributes, resource_attributes, events, links, export_baggage, status_code"
@@ -253,11 +259,13 @@ class LakePublisher:
         local: Cursors,
         instance_id: str,
         resettle: Resettle,
+        span_rows: SpanRows,
     ) -> None:
         self._cfg = cfg
         self._local = local.cursor()
         self.instance_id = instance_id
         self._resettle = resettle
+        self._span_rows = span_rows
         self._lake = connect_lake(cfg, read_only=False)
         ensure_schema(self._lake)
         self._stop = threading.Event()
@@ -318,14 +326,20 @@ class LakePublisher:
                     calls = cur.execute("SELECT * FROM calls WHERE trace_id IN (SELECT trace_id FROM _pub)"
                                         ).fetch_arrow_table()
                     frags = cur.execute(
-                        "SELECT trace_id, request_id, tenant_id, user_id, unresolved_links, span_count, settled_at "
-                        "FROM traces WHERE trace_id IN (SELECT trace_id FROM _pub)").fetch_arrow_table()
-                    spans = cur.execute(f"SELECT {_SPAN_COLUMNS} FROM staging_spans "
-                                        "WHERE trace_id IN (SELECT trace_id FROM _pub)").fetch_arrow_table()
+                        "SELECT trace_id, request_id, tenant_id, user_id, unresolved_links, span_count, settled_at, "
+                        "first_seq, last_seq FROM traces WHERE trace_id IN (SELECT trace_id FROM _pub)"
+                    ).fetch_arrow_table()
                 finally:
                     cur.unregister("_pub")
             finally:
                 cur.execute("COMMIT")
+            # The spans as they were settled: within the sequence numbers the ledger recorded for these traces
+            # (the whole spool only for traces settled before those were recorded).
+            known = frags.num_rows == outbox.num_rows and frags.column("first_seq").null_count == 0
+            lo = pc.min(frags.column("first_seq")).as_py() if known else None
+            hi = pc.max(frags.column("last_seq")).as_py() if known else None
+            spans = self._span_rows(outbox.column("trace_id").to_pylist(), lo, hi)
+            frags = frags.drop_columns(["first_seq", "last_seq"])
             ids = pa.table({"trace_id": outbox.column("trace_id")})
             self._write_instance_rows(ids, calls, frags, spans)
             merged = self._merge_split_traces(ids)

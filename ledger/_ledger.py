@@ -26,9 +26,14 @@ _SUPPORT_DDL = (
         user_id VARCHAR,
         unresolved_links BOOLEAN NOT NULL,
         span_count INTEGER NOT NULL,
-        settled_at TIMESTAMP NOT NULL
+        settled_at TIMESTAMP NOT NULL,
+        first_seq BIGINT,
+        last_seq BIGINT
     )
     """,
+    # Ledger files written before the spool numbers were kept here (NULL: the spool is read without a range).
+    "ALTER TABLE traces ADD COLUMN IF NOT EXISTS first_seq BIGINT",
+    "ALTER TABLE traces ADD COLUMN IF NOT EXISTS last_seq BIGINT",
     "CREATE TABLE IF NOT EXISTS trace_links (trace_id VARCHAR NOT NULL, linked_trace_id VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
 )
@@ -153,8 +158,11 @@ class Ledger:
     def _ids(self, name: str, ids: Sequence[str]) -> None:
         self._con.register(name, pa.table({"trace_id": pa.array(list(ids), pa.string())}))
 
-    def known_traces(self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None) -> set[str]:
-        """The traces of ``trace_ids`` settled before. ``started_ns``: when each trace's spans to settle started
+    def known_traces(
+        self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None
+    ) -> dict[str, tuple[int, int] | None]:
+        """The traces of ``trace_ids`` settled before, each with the spool sequence numbers its settled spans had
+        (lowest, highest; None when not recorded). ``started_ns``: when each trace's spans to settle started
         (their earliest start time); with it, a trace that started after TRACE_WINDOW began is looked up only if
         the filter of recently settled traces may hold it. Without it, every trace is looked up."""
         with self._lock:
@@ -163,15 +171,15 @@ class Ledger:
                 horizon = self._traces.covers_from_ns
                 trace_ids = [t for t in trace_ids if t in maybe or started_ns.get(t, 0) < horizon]
             if not trace_ids:
-                return set()
+                return {}
             self._ids("_ask", trace_ids)
             try:
                 rows = self._con.execute(
-                    "SELECT trace_id FROM traces WHERE trace_id IN (SELECT trace_id FROM _ask)"
+                    "SELECT trace_id, first_seq, last_seq FROM traces WHERE trace_id IN (SELECT trace_id FROM _ask)"
                 ).fetchall()
             finally:
                 self._con.unregister("_ask")
-        return {r[0] for r in rows}
+        return {r[0]: (r[1], r[2]) if r[1] is not None and r[2] is not None else None for r in rows}
 
     def trace_contexts(self, trace_ids: Sequence[str]) -> dict[str, LinkedContext]:
         with self._lock:
@@ -215,6 +223,8 @@ class Ledger:
                 "unresolved_links": pa.array([s.unresolved_links for s in summaries], pa.bool_()),
                 "span_count": pa.array([s.span_count for s in summaries], pa.int32()),
                 "settled_at": pa.array([now] * len(summaries), pa.timestamp("us")),
+                "first_seq": pa.array([s.first_seq or None for s in summaries], pa.int64()),
+                "last_seq": pa.array([s.last_seq or None for s in summaries], pa.int64()),
             }
         )
         links = pa.table(

@@ -55,6 +55,9 @@ class TraceSummary:
     linked_traces: tuple[str, ...]
     unresolved_links: bool
     span_count: int
+    first_seq: int = 0
+    """The lowest and highest spool sequence numbers of the trace's spans: where to read them back (0: unknown)."""
+    last_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,8 +394,9 @@ def attribute_trace(
     linked = sorted({ln.trace_id for s in t.spans for ln in s.links if ln.trace_id != t.trace_id})
     unresolved = any((c := linked_ctx.get(x)) is None or c.tenant_id is None for x in linked)
     unresolved = unresolved or (root_has_links and root_link is None)
+    seqs = [s.seq for s in t.spans]
     summary = TraceSummary(t.trace_id, summary_request, summary_tenant, summary_user, tuple(linked), unresolved,
-                           len(t.spans))
+                           len(t.spans), min(seqs), max(seqs))
     return TraceResult(summary, tuple(records))
 
 

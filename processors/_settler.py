@@ -55,7 +55,9 @@ class SpanSource(Protocol):
 class SettlementSink(Protocol):
     def write(self, settlement: Settlement) -> None: ...
     def watermark(self) -> int: ...
-    def known_traces(self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None) -> set[str]: ...
+    def known_traces(
+        self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None
+    ) -> Mapping[str, tuple[int, int] | None]: ...
     def trace_contexts(self, trace_ids: Sequence[str]) -> dict[str, LinkedContext]: ...
     def dependents(self, trace_ids: Sequence[str]) -> set[str]: ...
 
@@ -466,7 +468,7 @@ class Settler:
         # A trace settled before (late span, restart, or a dependent): merge with what was settled.
         cached = {tid for tid in trace_ids if tid in self._cache}
         missing = [tid for tid in trace_ids if tid not in cached]
-        known: set[str] = set()
+        known: Mapping[str, tuple[int, int] | None] = {}
         if missing:
             # When each trace's spans started lets the ledger skip the lookup of new traces (ledger.TRACE_WINDOW).
             started = {tid: min(s.start_time_unix_nano for s in spans_by_trace[tid].values())
@@ -478,14 +480,21 @@ class Settler:
             settled.extend(self._hot[tid].values())
         cold = cached - self._hot.keys()
         if cold:
-            # Read back from the spool, within the sequence numbers the cached traces' spans had: the row groups
-            # outside that range are skipped (zone maps), so this costs a few milliseconds, not a scan of the spool.
+            # Read back from the spool, within the sequence numbers the cached traces' spans had: only the frames
+            # of that range are read, so this costs a few milliseconds, not a scan of the spool.
             entries = [self._cache[tid] for tid in cold]
             lo, hi = min(e.min_seq for e in entries), max(e.max_seq for e in entries)
             settled += self._source.read_traces(sorted(cold), lo, hi)
         if known:
+            # The same for traces settled before this process started, with the numbers the ledger kept (a
+            # ledger file from before they were kept: the whole spool).
             self.stats.resettled += len(known)
-            settled += self._source.read_traces(sorted(known))
+            ranges = list(known.values())
+            if all(r is not None for r in ranges):
+                lo, hi = min(r[0] for r in ranges if r), max(r[1] for r in ranges if r)
+                settled += self._source.read_traces(sorted(known), lo, hi)
+            else:
+                settled += self._source.read_traces(sorted(known))
         for s in settled:  # a span reported twice: the first report wins, as when it was settled
             cur = spans_by_trace[s.trace_id].get(s.span_id)
             if cur is None or s.seq < cur.seq:

@@ -1,46 +1,28 @@
-"""The durable spool: staged spans committed to the `staging_spans` table of the ledger file before Export
-is acknowledged, then published in commit order to the processors; read back after a restart.
+"""The durable spool: staged spans appended to segment files of Arrow IPC frames and synced to disk before Export is
+acknowledged, then published in commit order to the processors; read back after a restart (docs/adr/0004).
 """
 
 from __future__ import annotations
 
+import bisect
+import os
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from receiver._errors import StorageUnavailable
 from receiver._model import SpanEvent, SpanLink, StagedSpan
 from receiver._otlp import Extracted
 
-STAGING_DDL = """
-CREATE TABLE IF NOT EXISTS staging_spans (
-    seq BIGINT NOT NULL,
-    trace_id VARCHAR NOT NULL,
-    span_id VARCHAR NOT NULL,
-    parent_span_id VARCHAR,
-    name VARCHAR NOT NULL,
-    kind TINYINT NOT NULL,
-    start_ns BIGINT NOT NULL,
-    end_ns BIGINT NOT NULL,
-    service_name VARCHAR,
-    scope_name VARCHAR,
-    scope_version VARCHAR,
-    attributes VARCHAR NOT NULL,
-    resource_attributes VARCHAR NOT NULL,
-    events VARCHAR,
-    links VARCHAR,
-    export_baggage VARCHAR,
-    status_code TINYINT NOT NULL
-)
-"""
-
-_SCHEMA = pa.schema(
+SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
         ("trace_id", pa.string()),
@@ -61,16 +43,21 @@ _SCHEMA = pa.schema(
         ("status_code", pa.int8()),
     ]
 )
-_COLUMNS = ", ".join(_SCHEMA.names)
-_COLUMNS_SCHEMA = _SCHEMA.remove(0)  # all but seq
+"""The spool's columns: what ``read_trace_rows`` returns (attributes, events and links as JSON text)."""
+_COLUMNS_SCHEMA = SCHEMA.remove(0)  # all but seq
+
+SEGMENT_BYTES = 64 << 20
+"""A new segment file is started once the current one reaches this size."""
+
+# A frame = header + one Arrow IPC stream (schema, the group commit's record batches, end marker). The header's
+# length and CRC-32 find a torn or never-synced tail after a crash: everything from the first bad frame on was never
+# acknowledged (the ack waits for the sync), so it is cut off at start.
+_HEADER = struct.Struct("<4sQIII")  # magic, first seq, span count, stream length, CRC-32 of the stream
+_MAGIC = b"TLS1"
+_SUFFIX = ".arrows"
+_fsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 SpanListener = Callable[[list[StagedSpan]], None]
-
-
-class Cursors(Protocol):
-    """What the spool needs of the ledger file's connection: cursors on it (a duckdb connection is one)."""
-
-    def cursor(self) -> duckdb.DuckDBPyConnection: ...
 
 
 @dataclass(eq=False)
@@ -81,32 +68,113 @@ class _Ticket:
     baggage: str | None
     table: pa.Table
     done: bool = False
-    error: duckdb.Error | None = None
+    error: OSError | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Segment:
+    path: Path
+    first: int
+    size: int = 0
+    frames: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    first: int  # sequence number of its first span; the rest are consecutive
+    count: int
+    segment: _Segment
+    offset: int  # of the IPC stream in the segment file
+    length: int
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+
+@dataclass
+class SpoolStats:
+    segments: int = 0
+    bytes: int = 0
+    truncated_bytes: int = 0
+    """Cut off at start: a tail never acknowledged (torn by a crash, or left by a failed write)."""
+    write_errors: int = 0
 
 
 class Spool:
-    """Append-only durable staging, with group commit.
+    """Append-only durable staging in segment files under one directory, with group commit.
 
     Threading: ``append`` may be called from any number of receiver threads. Each call queues its spans; the
-    thread that next holds the commit lock commits everything queued, in queue order, as one transaction (one WAL
-    sync for all): a 512-span commit cost 9.2 ms of CPU alone, 5.7 ms a request in groups of four
-    (bench/README.md). Sequence numbers are committed and published in order (a reader that has seen seq N has
-    seen all < N). Listeners run on the committing thread, after the commit, and must not block.
+    thread that next holds the commit lock writes everything queued, in queue order, as one frame and one sync: a
+    sync costs the same for one request or ten (bench/README.md). Sequence numbers are committed and published in
+    order (a reader that has seen seq N has seen all < N). Listeners run on the committing thread, after the sync,
+    and must not block. The read methods may be called from any thread.
     """
 
-    def __init__(self, con: Cursors) -> None:
-        self._con = con.cursor()
-        self._reader = con.cursor()
-        self._read_lock = threading.Lock()
-        self._con.execute(STAGING_DDL)
-        # fetchall, not fetchone: a result left unconsumed keeps this cursor's transaction open, and an open
-        # transaction makes the shutdown CHECKPOINT fail.
-        rows = self._con.execute("SELECT coalesce(max(seq), 0) FROM staging_spans").fetchall()
-        self._next_seq = int(rows[0][0]) + 1 if rows else 1
+    def __init__(self, directory: Path | str, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._segment_bytes = segment_bytes
+        self.stats = SpoolStats()
+        self._frames: list[_Frame] = []
+        self._firsts: list[int] = []  # of _frames, for bisect
+        self._segments: list[_Segment] = []
+        self._index_lock = threading.Lock()  # _frames, _firsts, _segments: appended by the writer, read by readers
+        self._next_seq = 1
+        paths = sorted(self.directory.glob(f"*{_SUFFIX}"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+        for i, path in enumerate(paths):
+            if not path.stem.isdigit():
+                continue
+            self._open_segment(path, last=i == len(paths) - 1)
+        self._fd: int | None = None  # the segment being written; opened at the first append
+        self._active: _Segment | None = None
+        if self._segments and self._segments[-1].size < segment_bytes:
+            self._active = self._segments[-1]
+            self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND)
         self._lock = threading.Lock()  # held while committing
         self._queue: list[_Ticket] = []
         self._queue_lock = threading.Lock()
         self._listeners: list[SpanListener] = []
+
+    def _open_segment(self, path: Path, *, last: bool) -> None:
+        """Index a segment's frames; cut off its tail from the first frame that is incomplete or does not match its
+        checksum (in the last segment every frame is checked: only it can hold a write interrupted by a crash)."""
+        first = int(path.stem)
+        seg = _Segment(path, first)
+        size = path.stat().st_size
+        good = 0
+        with open(path, "rb") as f:
+            while good + _HEADER.size <= size:
+                f.seek(good)
+                magic, seq, count, length, crc = _HEADER.unpack(f.read(_HEADER.size))
+                start = good + _HEADER.size
+                if magic != _MAGIC or start + length > size or seq < self._next_seq or count == 0:
+                    break
+                if last and zlib.crc32(f.read(length)) != crc:
+                    break
+                self._add_frame(_Frame(seq, count, seg, start, length))
+                self._next_seq = seq + count
+                good = start + length
+        if good < size:
+            self.stats.truncated_bytes += size - good
+            with open(path, "r+b") as f:
+                f.truncate(good)
+                _fsync(f.fileno())
+        seg.size = good
+        if not seg.frames and not last:
+            path.unlink()  # created, then nothing written to it
+            return
+        self._segments.append(seg)
+        self.stats.segments = len(self._segments)
+        self.stats.bytes += good
+        if seg.first > self._next_seq:  # an empty last segment named after the next number
+            self._next_seq = seg.first
+
+    def _add_frame(self, frame: _Frame) -> None:
+        with self._index_lock:
+            self._frames.append(frame)
+            self._firsts.append(frame.first)
+            frame.segment.frames += 1
 
     def subscribe(self, listener: SpanListener) -> None:
         self._listeners.append(listener)
@@ -115,10 +183,15 @@ class Spool:
     def last_seq(self) -> int:
         return self._next_seq - 1
 
+    def skip_to(self, seq: int) -> None:
+        """Number the next span ``seq`` at least."""
+        with self._lock:
+            self._next_seq = max(self._next_seq, seq)
+
     def append(self, ex: Extracted, export_baggage: str | None = None) -> int:
         """Commit the spans, then publish them. Returns the number of spans committed.
 
-        Raises StorageUnavailable (retryable) when the commit fails: nothing was stored, nothing is acked.
+        Raises StorageUnavailable (retryable) when the write or the sync fails: nothing was kept, nothing is acked.
         """
         n = len(ex)
         if n == 0:
@@ -132,7 +205,7 @@ class Spool:
                     group, self._queue = self._queue, []
                 self._commit(group)
         if ticket.error is not None:
-            raise StorageUnavailable(f"could not commit spans to the ledger file: {ticket.error}") from ticket.error
+            raise StorageUnavailable(f"could not write spans to the spool: {ticket.error}") from ticket.error
         return n
 
     def _commit(self, group: list[_Ticket]) -> None:
@@ -141,16 +214,10 @@ class Spool:
         data = pa.concat_tables([t.table for t in group]) if len(group) > 1 else group[0].table
         table = data.add_column(0, "seq", pa.array(range(first, first + total), pa.int64()))
         try:
-            self._con.register("_incoming", table)
-            try:
-                # One statement = one auto-committed transaction; DuckDB syncs its WAL on commit, so a kill -9
-                # after this line loses nothing. (Not a relation's insert_into: with the disk full, that one
-                # returned without error while the rows never became durable — tests/reliability.)
-                self._con.execute(f"INSERT INTO staging_spans ({_COLUMNS}) SELECT {_COLUMNS} FROM _incoming")
-            finally:
-                self._con.unregister("_incoming")
-        except duckdb.Error as e:
-            for t in group:  # nothing of the group was stored: each of its requests is refused, retryably
+            self._write(table, first, total)
+        except OSError as e:
+            self.stats.write_errors += 1
+            for t in group:  # nothing of the group was kept: each of its requests is refused, retryably
                 t.error, t.done = e, True
             return
         self._next_seq = first + total
@@ -163,56 +230,192 @@ class Spool:
                     listener(spans)
             seq += t.table.num_rows
 
-    # --- read back (recovery, late spans) ---------------------------------------------------------
+    def _write(self, table: pa.Table, first: int, count: int) -> None:
+        """Append one frame and sync it. On failure the segment is cut back to its last good frame; if even that
+        fails, the segment is left (its bad tail is cut off at the next start) and the next commit starts a new
+        one, past these sequence numbers: a reader never meets them, and the sender retries the spans anyway."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, SCHEMA) as writer:
+            writer.write_table(table)
+        payload = sink.getvalue()
+        header = _HEADER.pack(_MAGIC, first, count, payload.size, zlib.crc32(payload))
+        seg = self._active
+        if seg is None or self._fd is None or seg.size >= self._segment_bytes:
+            seg = self._rotate(first)
+        assert self._fd is not None
+        fd = self._fd
+        try:
+            written = os.writev(fd, [header, payload])
+            if written != len(header) + payload.size:
+                raise OSError(f"short write to {seg.path}: {written} of {len(header) + payload.size} bytes")
+            _fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, seg.size)
+                _fsync(fd)
+            except OSError:
+                self._next_seq = first + count  # these numbers may be on disk, cut off at the next start
+                self._close_active()
+            raise
+        self._add_frame(_Frame(first, count, seg, seg.size + len(header), payload.size))
+        seg.size += len(header) + payload.size
+        with self._index_lock:
+            self.stats.bytes += len(header) + payload.size
+
+    def _rotate(self, first: int) -> _Segment:
+        """Close the segment being written and start one named after ``first``."""
+        self._close_active()
+        path = self.directory / f"{first:020d}{_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            # The new file's directory entry must be durable before any ack depends on the file.
+            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            os.close(fd)
+            raise
+        seg = _Segment(path, first)
+        self._fd, self._active = fd, seg
+        with self._index_lock:
+            self._segments.append(seg)
+            self.stats.segments = len(self._segments)
+        return seg
+
+    def _close_active(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._active = None, None
+
+    def close(self) -> None:
+        """Close the files (the spool is unusable afterwards)."""
+        with self._lock:
+            self._close_active()
+
+    # --- read back (recovery, late spans, the shared ledger) --------------------------------------
+
+    def _frames_between(self, lo: int, hi: int | None = None) -> list[_Frame]:
+        """The frames that may hold numbers ``lo..hi`` (to the end when ``hi`` is None), oldest first."""
+        with self._index_lock:
+            i = max(0, bisect.bisect_right(self._firsts, lo) - 1)
+            j = len(self._firsts) if hi is None else bisect.bisect_right(self._firsts, hi)
+            return self._frames[i:j]
+
+    @staticmethod
+    def _load(frame: _Frame, src: pa.NativeFile) -> pa.Table:
+        return pa.ipc.open_stream(src.read_at(frame.length, frame.offset)).read_all()
 
     def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]:
-        """At most ``limit`` spans after sequence number ``seq``, in order; empty only when none is left.
+        """At most ``limit`` spans after sequence number ``seq``, in order; empty only when none is left."""
+        return rows_to_spans(self.read_rows_after(seq, limit).to_pylist())
 
-        Selected by a range of sequence numbers, not ``ORDER BY seq LIMIT``: with a 2-million-span backlog the
-        latter fed every later row to the sort, 6x slower (2.0 s against 0.37 s for 100 000 spans), and its sort
-        reached DuckDB's memory cap. Numbers are consecutive (the spool never deletes), so the range holds
-        ``limit`` spans; a gap would only make a read shorter, and an empty range skips to the next span.
-        """
-        with self._read_lock:
-            rows = self._range(seq, limit)
-            if not rows:
-                after = self._reader.execute("SELECT min(seq) FROM staging_spans WHERE seq > ?", [seq]).fetchall()
-                if after and after[0][0] is not None:
-                    rows = self._range(int(after[0][0]) - 1, limit)
-        return rows_to_spans(rows)
-
-    def _range(self, seq: int, limit: int) -> list[dict[str, Any]]:
-        # Sorted here, not by an ORDER BY: the rows come in insertion order, which is sequence order, so the sort is
-        # one linear pass, and DuckDB's sort of 100 000 spans held ~80 MiB under its memory cap.
-        rel = self._reader.execute(
-            f"SELECT {_COLUMNS} FROM staging_spans WHERE seq > ? AND seq <= ?", [seq, seq + limit]
-        )
-        rows = _dicts(rel)
-        rows.sort(key=itemgetter("seq"))
-        return rows
+    def read_rows_after(self, seq: int, limit: int = 100_000) -> pa.Table:
+        frames = self._frames_between(seq + 1)
+        parts: list[pa.Table] = []
+        left = limit
+        files = _Files(mapped=False)  # every column is used: read (copy) rather than map into this process
+        try:
+            for frame in frames:
+                if left <= 0:
+                    break
+                if frame.last <= seq:
+                    continue
+                src = files.of(frame.segment)
+                if src is None:
+                    continue
+                # Numbers within a frame are consecutive, so the part after ``seq`` is a slice.
+                t = self._load(frame, src).slice(max(0, seq + 1 - frame.first), left)
+                parts.append(t)
+                left -= t.num_rows
+        finally:
+            files.close()
+        return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
 
     def read_traces(
         self, trace_ids: Sequence[str], seq_from: int | None = None, seq_to: int | None = None
     ) -> list[StagedSpan]:
-        """Every staged span of these traces, in sequence order; only those numbered ``seq_from..seq_to``
-        (inclusive) when given, which skips the rest of the spool instead of scanning it."""
+        """Every kept span of these traces, in sequence order; only those numbered ``seq_from..seq_to``
+        (inclusive) when given, which reads only the frames of that range instead of every one."""
+        return rows_to_spans(self.read_trace_rows(trace_ids, seq_from, seq_to).to_pylist())
+
+    def read_trace_rows(
+        self, trace_ids: Sequence[str], seq_from: int | None = None, seq_to: int | None = None
+    ) -> pa.Table:
+        """``read_traces`` as a table of the spool's columns (``SCHEMA``)."""
         if not trace_ids:
-            return []
-        where, params = "", []
-        if seq_from is not None and seq_to is not None:
-            where, params = " AND seq BETWEEN ? AND ?", [seq_from, seq_to]
-        with self._read_lock:
-            cur = self._reader
-            cur.register("_want", pa.table({"trace_id": pa.array(list(trace_ids), pa.string())}))
+            return SCHEMA.empty_table()
+        lo = seq_from if seq_from is not None and seq_to is not None else None
+        hi = seq_to if lo is not None else None
+        frames = self._frames_between(lo, hi) if lo is not None else self._frames_between(0)
+        want = pa.array(list(dict.fromkeys(trace_ids)), pa.string())
+        parts: list[pa.Table] = []
+        # Mapped, not read: a frame's IPC columns are used in place, so only the pages of the trace_id column (and
+        # of the rows kept) are read from disk. The maps are closed at the end: mapped pages count in the RSS that
+        # the memory guard watches.
+        files = _Files(mapped=True)
+        try:
+            for frame in frames:
+                if lo is not None and hi is not None and (frame.last < lo or frame.first > hi):
+                    continue
+                src = files.of(frame.segment)
+                if src is None:
+                    continue
+                t = self._load(frame, src)
+                mask = pc.is_in(t.column("trace_id"), value_set=want)
+                if lo is not None and hi is not None:
+                    seqs = t.column("seq")
+                    mask = pc.and_(mask, pc.and_(pc.greater_equal(seqs, lo), pc.less_equal(seqs, hi)))
+                if pc.any(mask).as_py():
+                    parts.append(t.filter(mask))  # a copy: nothing refers to the map afterwards
+                del t
+        finally:
+            files.close()
+        return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+
+    def import_rows(self, rows: pa.Table) -> None:
+        """Append rows that already carry their sequence numbers (above ``last_seq``, consecutive): moving the
+        spans of an older ledger file's ``staging_spans`` table into the spool."""
+        if rows.num_rows == 0:
+            return
+        rows = rows.select(SCHEMA.names).cast(SCHEMA)
+        seqs = rows.column("seq").to_pylist()
+        if seqs[0] <= self.last_seq:
+            raise ValueError(f"rows start at seq {seqs[0]}, not after the spool's last ({self.last_seq})")
+        start = 0
+        with self._lock:
+            for i in range(1, len(seqs) + 1):  # one frame per run of consecutive numbers
+                if i == len(seqs) or seqs[i] != seqs[i - 1] + 1:
+                    if seqs[i - 1] < seqs[start]:
+                        raise ValueError("rows must be in sequence order")
+                    self._write(rows.slice(start, i - start), seqs[start], i - start)
+                    self._next_seq = seqs[i - 1] + 1
+                    start = i
+
+
+class _Files:
+    """The segment files one read opens, each once, closed together."""
+
+    def __init__(self, *, mapped: bool) -> None:
+        self._mapped = mapped
+        self._open: dict[int, pa.NativeFile] = {}
+
+    def of(self, seg: _Segment) -> pa.NativeFile | None:
+        """The open file; None if it was deleted meanwhile."""
+        f = self._open.get(id(seg))
+        if f is None:
             try:
-                rel = cur.execute(
-                    f"SELECT {_COLUMNS} FROM staging_spans WHERE trace_id IN (SELECT trace_id FROM _want){where} "
-                    "ORDER BY seq", params
-                )
-                rows = _dicts(rel)
-            finally:
-                cur.unregister("_want")
-        return rows_to_spans(rows)
+                f = pa.memory_map(str(seg.path)) if self._mapped else pa.OSFile(str(seg.path))
+            except FileNotFoundError:
+                return None
+            self._open[id(seg)] = f
+        return f
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
 
 
 def _columns(ex: Extracted, export_baggage: str | None) -> pa.Table:
@@ -251,11 +454,6 @@ def _published(ex: Extracted, first: int, export_baggage: str | None) -> list[St
         ex.start_ns, ex.end_ns, ex.service_name, ex.scope_name, ex.scope_version, ex.attribute_dicts,
         ex.resource_dicts, ex.event_tuples, ex.link_tuples, [export_baggage] * n, ex.status_code,
     ))
-
-
-def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def rows_to_spans(rows: Iterable[dict[str, Any]]) -> list[StagedSpan]:

@@ -98,6 +98,33 @@ def tune_malloc(*, worker_pipes: bool) -> bool:
             and bool(mallopt(m_trim_threshold, 64 << 20)))
 
 
+def spool_path(ledger_path: Path) -> Path:
+    """Where the receiver's spool of acknowledged spans lives: a directory beside the ledger file (docs/adr/0004)."""
+    return ledger_path.with_name(ledger_path.name + ".spool")
+
+
+def move_staging_table(con: duckdb.DuckDBPyConnection, spool: Spool, chunk: int = 100_000) -> int:
+    """Ledger files written before the spool had its own files kept the spans in a ``staging_spans`` table: move
+    them into the spool (with their sequence numbers, so the ledger's watermark still applies), then drop the table.
+    Resumable: a restart moves only what the spool does not hold yet. Returns how many spans were moved."""
+    rows = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'staging_spans'").fetchall()
+    if not rows or not rows[0][0]:
+        return 0
+    moved = 0
+    bounds = con.execute("SELECT min(seq), max(seq) FROM staging_spans WHERE seq > ?", [spool.last_seq]).fetchall()
+    lo, hi = bounds[0] if bounds else (None, None)
+    if lo is not None and hi is not None:
+        for start in range(lo - 1, hi, chunk):  # ranges of numbers, not ORDER BY .. LIMIT (a sort of the table)
+            part = con.execute("SELECT * FROM staging_spans WHERE seq > ? AND seq <= ?",
+                               [start, start + chunk]).to_arrow_table()
+            part = part.sort_by("seq")
+            spool.import_rows(part)
+            moved += part.num_rows
+    con.execute("DROP TABLE staging_spans")
+    con.execute("CHECKPOINT")
+    return moved
+
+
 def discovery_path(ledger_path: Path) -> Path:
     """Where a running server advertises its query endpoint, so `tenantledger sql` can reach it."""
     return ledger_path.with_name(ledger_path.name + ".server.json")
@@ -154,9 +181,15 @@ class Service:
                 "is another `tenantledger serve` using it? Stop it or pass another --ledger",
             ) from e
         self.con = self.file.con
-        self.spool = Spool(self.file)
         shared = config.ledger.shared
         self.ledger = Ledger(self.file, outbox=shared.enabled)
+        self.spool = Spool(spool_path(path))
+        moved = move_staging_table(self.con, self.spool)
+        if moved:
+            log.info("moved %d spans from the ledger's staging_spans table to %s", moved, self.spool.directory)
+        # Numbers continue after the settled ones even if the spool's files were removed: spans numbered at or
+        # below the watermark would never be read back after a restart.
+        self.spool.skip_to(self.ledger.watermark() + 1)
         # The anomaly view bakes in the configured method parameters (README: spend anomalies).
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
@@ -190,7 +223,7 @@ class Service:
         self.lake: LakePublisher | None = None
         if shared.enabled:
             self.lake = LakePublisher(shared, self.file, shared.instance_id or default_instance_id(path),
-                                      self._resettle)
+                                      self._resettle, self.spool.read_trace_rows)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.recovered = 0
@@ -276,6 +309,7 @@ class Service:
                 self.lake.stop()
             except Exception:  # the outbox keeps what was not published; the next start publishes it
                 log.exception("final publish to the shared ledger failed")
+        self.spool.close()  # after the last publish, which reads spans from it
         try:
             # Every writer has stopped; FORCE only ends the idle read transactions cursors may still hold.
             self.con.execute("FORCE CHECKPOINT")
@@ -295,6 +329,7 @@ class Service:
         self.budgets.stop()
         if self.lake is not None:
             self.lake.stop(flush=False)
+        self.spool.close()
         try:
             self.con.close()
         except duckdb.Error:

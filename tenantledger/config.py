@@ -27,7 +27,8 @@ class _Strict(BaseModel):
 
 class LedgerConfig(_Strict):
     path: Path = Path("tenantledger.duckdb")
-    """The embedded DuckDB ledger file (staging spool and ledger tables)."""
+    """The embedded DuckDB ledger file; the receiver's spool of acknowledged spans is the directory beside it,
+    ``<path>.spool`` (docs/adr/0004)."""
     billing_account_id: str = "tenantledger"
     """FOCUS BillingAccountId of the exported rows (your platform's account)."""
     billing_account_name: str = "LLM platform"

@@ -135,6 +135,18 @@ class Server:
         self.proc.kill()
         self.proc.wait()
 
+    def spool_rows(self, *columns: str) -> list[tuple[Any, ...]]:
+        """Every span the server acknowledged, as kept in its spool's files (the server must be stopped)."""
+        from receiver import Spool
+        from tenantledger.app import spool_path
+
+        spool = Spool(spool_path(self.ledger))
+        try:
+            cols = spool.read_rows_after(0, 1 << 40).select(list(columns)).to_pydict()
+        finally:
+            spool.close()
+        return list(zip(*(cols[c] for c in columns), strict=True))
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Read the ledger file directly (the server must be stopped)."""
         con = duckdb.connect(str(self.ledger), read_only=True)

@@ -414,7 +414,7 @@ def test_scoped_token_sees_only_its_tenant_everywhere(env: Env) -> None:
     assert sql(s, "SELECT count(*) FROM llm_calls WHERE tenant_id <> 'acme' OR tenant_id IS NULL", token=ACME) == [[0]]
     for escape in ("SELECT * FROM main.llm_calls", "SELECT * FROM tenantledger.main.calls",
                    "SELECT * FROM query('SELECT * FROM calls')", "SELECT * FROM budget_alerts",
-                   "SELECT * FROM staging_spans", "SELECT * FROM duckdb_tables()",
+                   "SELECT * FROM traces", "SELECT * FROM duckdb_tables()",
                    "SELECT * FROM llm_calls WHERE request_id IN (SELECT request_id FROM main.calls)",
                    "SELECT * FROM read_csv('/etc/passwd')"):
         status, doc = http(s, "/v1/sql", ACME, {"sql": escape})

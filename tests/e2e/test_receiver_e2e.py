@@ -77,7 +77,7 @@ def test_real_sdk_exporters_grpc_and_http_reach_the_ledger(server_factory: Any) 
     assert "checkpoint at shutdown failed" not in "".join(srv.output)
     rows = dict(srv.query("SELECT tenant_id, count(*) FROM llm_calls GROUP BY 1"))
     assert rows == {"tenant-grpc": 5, "tenant-http": 7, "tenant-gzip": 3}
-    assert srv.query("SELECT count(*) FROM staging_spans")[0][0] == 30
+    assert len(srv.spool_rows("seq")) == 30
     sources = srv.query("SELECT DISTINCT tenant_source FROM llm_calls")
     assert sources == [("ancestor",)]
 
@@ -94,7 +94,7 @@ def test_fixture_accepted_over_http_json_and_grpc(server_factory: Any, name: str
     out = grpc_export(srv.grpc, fixture_to_protobuf(doc))
     assert out.partial_success.rejected_spans == 0
     assert srv.stop() == 0
-    stored = set(srv.query("SELECT trace_id, span_id FROM staging_spans"))
+    stored = set(srv.spool_rows("trace_id", "span_id"))
     assert stored == fixture_span_ids(doc)
     dup = srv.query("SELECT count(*) - count(DISTINCT (trace_id, span_id)) FROM llm_calls")[0][0]
     assert dup == 0

@@ -1,24 +1,31 @@
-"""The spool publishes exactly what it committed: spans handed to listeners equal the spans read back from disk."""
+"""The spool publishes exactly what it committed (spans handed to listeners equal the spans read back from its
+files), numbers them in order under concurrent appends, refuses a group it could not sync, and after a crash keeps
+every synced frame and cuts off a torn one."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from processors._dialects import EXTRA_KEYS
 from processors.config import IdentityConfig
 from receiver import AttributeFilter, Spool, StagedSpan, StorageUnavailable, extract
+from receiver._spool import SCHEMA
+from tenantledger.app import move_staging_table
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
 
 
 @pytest.mark.parametrize("baggage", [None, "tenant.id=acme"])
-def test_published_spans_equal_the_committed_rows(baggage: str | None) -> None:
-    con = duckdb.connect(":memory:")
-    spool = Spool(con)
+def test_published_spans_equal_the_committed_rows(tmp_path: Path, baggage: str | None) -> None:
+    spool = Spool(tmp_path / "spool")
     published: list[StagedSpan] = []
     spool.subscribe(published.extend)
     filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS)
@@ -36,17 +43,18 @@ def test_published_spans_equal_the_committed_rows(baggage: str | None) -> None:
     assert len(read_back) > 100
     assert any(s.links for s in read_back) and any(s.events for s in read_back)
     assert published == read_back
+    spool.close()
+    assert Spool(tmp_path / "spool").read_after(0, 1_000_000) == published  # and from the files, by a new process
 
 
-def _requests(filt: AttributeFilter) -> list[tuple[str, object]]:
+def _requests(filt: AttributeFilter) -> list[tuple[str, Any]]:
     return [(name, extract(fixture_to_protobuf(load_fixture(name)), filt)) for name in fixture_names()]
 
 
-def test_concurrent_appends_are_committed_once_each_in_sequence_order(tmp_path: Any) -> None:
+def test_concurrent_appends_are_committed_once_each_in_sequence_order(tmp_path: Path) -> None:
     """Group commit: whichever thread commits takes every queued request; each request is still committed exactly
     once, sequence numbers are contiguous, and listeners see them in order."""
-    con = duckdb.connect(str(tmp_path / "s.duckdb"))
-    spool = Spool(con)
+    spool = Spool(tmp_path / "spool", segment_bytes=256 << 10)  # several segments
     published: list[StagedSpan] = []
     spool.subscribe(published.extend)
     reqs = _requests(AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS))
@@ -59,23 +67,27 @@ def test_concurrent_appends_are_committed_once_each_in_sequence_order(tmp_path: 
 
     with ThreadPoolExecutor(8) as pool:
         acked = sum(pool.map(work, range(8)))
-    rows = con.execute("SELECT seq, export_baggage FROM staging_spans ORDER BY seq").fetchall()
+    spool.close()
+    assert len(list((tmp_path / "spool").iterdir())) > 1
+    reopened = Spool(tmp_path / "spool")
+    rows = reopened.read_rows_after(0, 10_000_000).select(["seq", "export_baggage"]).to_pylist()
     assert acked == len(rows) == len(published) and acked > 8 * per_thread
-    assert [r[0] for r in rows] == list(range(1, acked + 1))
+    assert [r["seq"] for r in rows] == list(range(1, acked + 1))
     assert [s.seq for s in published] == list(range(1, acked + 1))
-    assert spool.read_after(0, 1_000_000) == published
+    assert reopened.read_after(0, 1_000_000) == published
     for k in range(8):  # every request's spans kept their own baggage
-        assert sum(1 for r in rows if r[1] == f"tenant.id=t{k}") == sum(
+        assert sum(1 for r in rows if r["export_baggage"] == f"tenant.id=t{k}") == sum(
             len(reqs[(k + i) % len(reqs)][1]) for i in range(per_thread))
 
 
-def test_a_failed_group_commit_refuses_every_request_of_the_group_and_publishes_nothing(tmp_path: Any) -> None:
-    con = duckdb.connect(str(tmp_path / "s.duckdb"))
-    spool = Spool(con)
+def test_a_failed_group_commit_refuses_every_request_of_the_group_and_publishes_nothing(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory, segment_bytes=1)  # every commit starts a new segment file
     published: list[StagedSpan] = []
     spool.subscribe(published.extend)
     reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
-    con.cursor().execute("DROP TABLE staging_spans")  # every commit now fails
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")  # every new segment file now fails to be created
     errors: list[BaseException] = []
 
     def work(k: int) -> None:
@@ -87,38 +99,94 @@ def test_a_failed_group_commit_refuses_every_request_of_the_group_and_publishes_
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(work, range(16)))
     assert len(errors) == 16 and not published
-    assert all("could not commit spans" in str(e) for e in errors)
+    assert all("could not write spans to the spool" in str(e) for e in errors)
     assert spool.last_seq == 0
+    directory.unlink()  # the disk is back: the next request is committed as the first
+    directory.mkdir()
+    assert spool.append(reqs[0][1]) == len(reqs[0][1])
+    assert [s.seq for s in published] == list(range(1, len(reqs[0][1]) + 1))
 
 
-def test_read_after_pages_through_the_spool_in_order_and_skips_a_gap(tmp_path: Any) -> None:
+def test_a_torn_last_frame_is_cut_off_at_start_and_the_synced_ones_are_kept(tmp_path: Path) -> None:
+    """A crash inside a write leaves part of a frame: it was never acknowledged (the ack waits for the sync), so the
+    next start cuts it off and numbers the next spans after the last whole frame."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    published: list[StagedSpan] = []
+    spool.subscribe(published.extend)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    for _, ex in reqs[:3]:
+        spool.append(ex)
+    synced = os.path.getsize(next(directory.iterdir()))
+    kept = list(published)
+    spool.append(reqs[3][1])  # this frame is then torn: as if the process died half-way through writing it
+    spool.close()
+    segment = next(directory.iterdir())
+    full = os.path.getsize(segment)
+    for cut in (synced + 10, synced + (full - synced) // 2, full - 1):
+        os.truncate(segment, cut)
+        again = Spool(directory)
+        assert again.stats.truncated_bytes == cut - synced
+        assert again.last_seq == kept[-1].seq
+        assert again.read_after(0, 1_000_000) == kept
+        again.close()
+        assert os.path.getsize(segment) == synced
+        with open(segment, "ab") as f:  # put the torn bytes back for the next cut
+            f.write(b"\0" * (full - synced))
+    # Zeros where a frame should be (a file extended but never written) are cut off as well.
+    again = Spool(directory)
+    assert again.last_seq == kept[-1].seq and again.stats.truncated_bytes == full - synced
+    assert again.append(reqs[4][1]) == len(reqs[4][1])
+    assert again.read_after(kept[-1].seq, 1_000_000)[0].seq == kept[-1].seq + 1
+
+
+def test_a_corrupt_last_frame_is_found_by_its_checksum(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    spool.append(reqs[0][1])
+    synced = spool.last_seq
+    spool.append(reqs[1][1])
+    spool.close()
+    segment = next(directory.iterdir())
+    with open(segment, "r+b") as f:  # a bit flipped inside the last frame's data, its length intact
+        f.seek(os.path.getsize(segment) - 100)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x01]))
+    again = Spool(directory)
+    assert again.last_seq == synced and again.stats.truncated_bytes > 0
+
+
+def test_read_after_pages_through_the_spool_in_order_and_skips_a_gap(tmp_path: Path) -> None:
     """Recovery and the spill path page with read_after(last seq read, limit): every span comes back once, in
     order, each page at most ``limit`` long, and a run of missing numbers does not end the paging early."""
-    con = duckdb.connect(str(tmp_path / "s.duckdb"))
-    spool = Spool(con)
-    for _, ex in _requests(AttributeFilter(IdentityConfig().all_keys())):
-        spool.append(ex)  # type: ignore[arg-type]
+    spool = Spool(tmp_path / "spool", segment_bytes=64 << 10)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    for i, (_, ex) in enumerate(reqs):
+        if i == len(reqs) // 2:
+            gap_from = spool.last_seq + 1
+            spool.skip_to(gap_from + 41)  # numbers never used (a write that failed after it reached the disk)
+        spool.append(ex)
     total = spool.last_seq
     assert total > 100
-    con.cursor().execute("DELETE FROM staging_spans WHERE seq BETWEEN 20 AND 60")  # a gap longer than a page
     seen: list[int] = []
     seq = 0
     while page := spool.read_after(seq, 7):
         assert len(page) <= 7
         seen += [s.seq for s in page]
         seq = page[-1].seq
-    assert seen == [n for n in range(1, total + 1) if not 20 <= n <= 60]
+    assert seen == [n for n in range(1, total + 1) if not gap_from <= n < gap_from + 41]
     assert spool.read_after(total, 7) == []
 
 
-def test_read_traces_within_a_sequence_range_returns_only_those_spans(tmp_path: Any) -> None:
+def test_read_traces_within_a_sequence_range_returns_only_those_spans(tmp_path: Path) -> None:
     """A late span re-settles its trace from the sequence numbers the trace's spans had (the settler remembers
     them instead of the spans): spans of the trace outside the range are left out, other traces never come."""
-    con = duckdb.connect(str(tmp_path / "s.duckdb"))
-    spool = Spool(con)
+    spool = Spool(tmp_path / "spool", segment_bytes=64 << 10)
     reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
     for _, ex in reqs + reqs:  # every trace twice: once early, once late
-        spool.append(ex)  # type: ignore[arg-type]
+        spool.append(ex)
     all_spans = spool.read_after(0, 1_000_000)
     tid = all_spans[0].trace_id
     of_trace = [s.seq for s in all_spans if s.trace_id == tid]
@@ -128,3 +196,31 @@ def test_read_traces_within_a_sequence_range_returns_only_those_spans(tmp_path: 
     got = spool.read_traces([tid], lo, hi)
     assert [s.seq for s in got] == [s for s in of_trace if lo <= s <= hi]
     assert [s.seq for s in spool.read_traces([tid])] == of_trace
+    assert spool.read_trace_rows([tid]).schema == SCHEMA
+
+
+def test_spans_of_an_older_ledger_file_move_into_the_spool_with_their_numbers(tmp_path: Path) -> None:
+    """Ledger files written before the spool had its own files kept the spans in a staging_spans table: the next
+    start moves them (settled or not: a late span may re-settle an old trace), once, and drops the table."""
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    src = Spool(tmp_path / "src")
+    for _, ex in reqs:
+        src.append(ex, "tenant.id=old")
+    rows = src.read_rows_after(0, 1_000_000)
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute("CREATE TABLE staging_spans AS SELECT * FROM rows")
+    con.execute("DELETE FROM staging_spans WHERE seq BETWEEN 10 AND 12")  # numbers a failed commit never used
+    spool = Spool(tmp_path / "old.duckdb.spool")
+    moved = move_staging_table(con, spool, chunk=50)
+    assert moved == rows.num_rows - 3
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'staging_spans'").fetchall() == [(0,)]
+    expected = [s for s in src.read_after(0, 1_000_000) if not 10 <= s.seq <= 12]
+    assert spool.read_after(0, 1_000_000) == expected
+    assert spool.last_seq == rows.num_rows
+    assert move_staging_table(con, spool) == 0  # nothing left to move
+    # Interrupted after some chunks were written: the next start moves only the rest.
+    con.execute("CREATE TABLE staging_spans AS SELECT * FROM rows")
+    part = Spool(tmp_path / "part")
+    part.import_rows(pa.Table.from_pylist(rows.slice(0, 40).to_pylist(), SCHEMA))
+    assert move_staging_table(con, part, chunk=25) == rows.num_rows - 40
+    assert part.read_after(0, 1_000_000) == src.read_after(0, 1_000_000)
