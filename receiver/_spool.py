@@ -113,7 +113,9 @@ class Spool:
 
     def __init__(self, directory: Path | str, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True)
+            _sync_dir(self.directory.parent)  # the directory's own entry, before any ack depends on it
         self._segment_bytes = segment_bytes
         self.stats = SpoolStats()
         self._frames: list[_Frame] = []
@@ -138,11 +140,13 @@ class Spool:
 
     def _open_segment(self, path: Path, *, last: bool) -> None:
         """Index a segment's frames; cut off its tail from the first frame that is incomplete or does not match its
-        checksum (in the last segment every frame is checked: only it can hold a write interrupted by a crash)."""
+        checksum. Every frame of the last segment is checked (a crash can interrupt only its write); of an earlier
+        segment, its last frame (a failed write closes the segment it was written to)."""
         first = int(path.stem)
         seg = _Segment(path, first)
         size = path.stat().st_size
         good = 0
+        frames: list[tuple[_Frame, int]] = []
         with open(path, "rb") as f:
             while good + _HEADER.size <= size:
                 f.seek(good)
@@ -152,9 +156,17 @@ class Spool:
                     break
                 if last and zlib.crc32(f.read(length)) != crc:
                     break
-                self._add_frame(_Frame(seq, count, seg, start, length))
-                self._next_seq = seq + count
+                frames.append((_Frame(seq, count, seg, start, length), crc))
                 good = start + length
+            if frames and not last:
+                frame, crc = frames[-1]
+                f.seek(frame.offset)
+                if zlib.crc32(f.read(frame.length)) != crc:
+                    frames.pop()
+                    good = frame.offset - _HEADER.size
+        for frame, _ in frames:
+            self._add_frame(frame)
+            self._next_seq = frame.first + frame.count
         if good < size:
             self.stats.truncated_bytes += size - good
             with open(path, "r+b") as f:
@@ -268,12 +280,7 @@ class Spool:
         path = self.directory / f"{first:020d}{_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            # The new file's directory entry must be durable before any ack depends on the file.
-            dfd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _sync_dir(self.directory)  # the new file's entry must be durable before any ack depends on the file
         except OSError:
             os.close(fd)
             raise
@@ -392,6 +399,14 @@ class Spool:
                     self._write(rows.slice(start, i - start), seqs[start], i - start)
                     self._next_seq = seqs[i - 1] + 1
                     start = i
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Files:

@@ -224,3 +224,25 @@ def test_spans_of_an_older_ledger_file_move_into_the_spool_with_their_numbers(tm
     part.import_rows(pa.Table.from_pylist(rows.slice(0, 40).to_pylist(), SCHEMA))
     assert move_staging_table(con, part, chunk=25) == rows.num_rows - 40
     assert part.read_after(0, 1_000_000) == src.read_after(0, 1_000_000)
+
+
+def test_a_bad_last_frame_of_an_earlier_segment_is_dropped(tmp_path: Path) -> None:
+    """A write that failed and could not be cut back closes its segment; its frame may be on disk, damaged. The next
+    start checks the last frame of every earlier segment, drops a damaged one (it was refused, never acknowledged)
+    and keeps everything else readable."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory, segment_bytes=1)  # one frame per segment
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    for _, ex in reqs[:3]:
+        spool.append(ex)
+    spool.close()
+    segments = sorted(directory.iterdir())
+    assert len(segments) == 3
+    with open(segments[1], "r+b") as f:
+        f.seek(os.path.getsize(segments[1]) - 50)
+        f.write(b"\xff" * 8)
+    again = Spool(directory)
+    kept = again.read_after(0, 1_000_000)
+    assert [s.seq for s in kept] == [s for s in range(1, again.last_seq + 1)
+                                     if not len(reqs[0][1]) < s <= len(reqs[0][1]) + len(reqs[1][1])]
+    assert again.last_seq == sum(len(ex) for _, ex in reqs[:3])
