@@ -62,5 +62,5 @@ class ProcessorsConfig(_Strict):
     all of it. Not their spans: 20 000 traces of ~10 spans held ~600 MiB (bench/README.md)."""
     settle_workers: int | None = Field(default=None, ge=0, le=16)
     """Processes that attribute and price settled traces beside the main process, one batch in flight on each (0:
-    in the main process). None (unset): 1 when the process may use two or more CPUs."""
+    in the main process). None (unset): 2 when the process may use two or more CPUs, else 0."""
     identity: IdentityConfig = IdentityConfig()
