@@ -597,6 +597,9 @@ def _health(service: Service) -> dict[str, float]:
         "gauge:spans_pending": service.settler.pending_spans,
         "gauge:settle_lag_seconds": st.last_settle_lag_s,
         "gauge:ledger_write_seconds": st.last_write_s,
+        "gauge:spool_bytes": service.spool.stats.bytes,
+        "gauge:spool_segments": service.spool.stats.segments,
+        "counter:spool_write_errors": service.spool.stats.write_errors,
         **({
             "counter:lake_traces_published": service.lake.stats.traces_published,
             "counter:lake_traces_merged": service.lake.stats.traces_merged,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import signal
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from tenantledger.app import spool_path
 from tests.conftest import fixture_names, fixture_span_ids, fixture_to_protobuf, load_fixture
 
 
@@ -217,6 +219,10 @@ def test_bad_spans_rejected_alone_good_spans_kept(server_factory: Any) -> None:
     assert "tenantledger_spans_rejected_total 4.0" in metrics
     for gauge in ("traces_pending", "spans_pending", "settle_lag_seconds", "ledger_write_seconds"):
         assert f"tenantledger_{gauge} " in metrics
+    spool = dict(re.findall(r"^tenantledger_(spool_\w+) (\S+)$", metrics, re.M))
+    assert float(spool["spool_bytes"]) == sum(f.stat().st_size for f in spool_path(srv.ledger).iterdir())
+    assert float(spool["spool_bytes"]) > 0 and float(spool["spool_segments"]) == 1
+    assert float(spool["spool_write_errors_total"]) == 0
     assert srv.stop() == 0
     assert srv.query("SELECT count(*) FROM llm_calls") == [(2,)]
 
