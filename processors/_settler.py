@@ -4,6 +4,7 @@ settlement to the ledger; re-settle a trace when a late span arrives; resume fro
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -153,6 +154,9 @@ class Settler:
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
         self._read_to = 0  # while spilling: the last sequence number read back from it
+        # While spilling: when each spilled batch arrived (its last sequence number, clock time), so that spans read
+        # back wait out wait_duration_s from their arrival, not from their read-back (they may have waited longer).
+        self._spill_times: deque[tuple[int, float]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -176,6 +180,7 @@ class Settler:
                 self._read_to = spans[0].seq - 1
             if self._spilling:
                 self._spilled_to = spans[-1].seq
+                self._spill_times.append((spans[-1].seq, self._clock()))
                 self.stats.spans_spilled += len(spans)
             else:
                 self._inbox.append(spans)
@@ -199,9 +204,20 @@ class Settler:
             upto = self._spilled_to
         spans = [s for s in self._source.read_after(self._read_to, room) if s.seq <= upto]
         if spans:
-            self._admit(spans, self._clock())
+            with self._inbox_lock:
+                times = list(self._spill_times)
+            start = 0
+            for last, arrived in times:  # each batch as of its arrival
+                end = bisect.bisect_right(spans, last, lo=start, key=_seq)
+                if end > start:
+                    self._admit(spans[start:end], arrived)
+                start = end
+            if start < len(spans):
+                self._admit(spans[start:], self._clock())
             self._read_to = spans[-1].seq
         with self._inbox_lock:
+            while self._spill_times and self._spill_times[0][0] <= self._read_to:
+                self._spill_times.popleft()
             if self._read_to >= self._spilled_to:
                 self._spilling = False
 
@@ -452,7 +468,8 @@ class Settler:
                 self._pending_spans += 1
             elif s.seq < p.spans[s.span_id].seq:
                 p.spans[s.span_id] = s
-            p.last_arrival = now
+            if now > p.last_arrival:  # spans read back are admitted as of their arrival, which may be earlier
+                p.last_arrival = now
             p.min_seq = min(p.min_seq, s.seq)
 
     def _prepare(self, trace_ids: list[str], before_links: Callable[[set[str]], object] | None = None) -> _Job:
@@ -581,6 +598,10 @@ class Settler:
         self._hot.move_to_end(tid)
         while len(self._hot) > min(HOT_TRACES, self._cfg.settled_cache_traces):
             self._hot.popitem(last=False)
+
+
+def _seq(s: StagedSpan) -> int:
+    return s.seq
 
 
 def _link_order(trace_ids: list[str], spans: dict[str, dict[str, StagedSpan]]) -> list[str]:

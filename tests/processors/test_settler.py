@@ -375,6 +375,27 @@ def test_a_backlog_beyond_the_memory_bound_stays_in_the_spool_and_is_read_back(t
     assert s._inbox_spans == 1 and s.stats.spans_spilled == 4
 
 
+def test_spans_read_back_wait_from_their_arrival_not_from_their_read_back(tmp_path: Path) -> None:
+    """wait_duration_s holds a trace until no span of it arrived for that long. A span left in the spool (backlog)
+    arrived when it was committed: once read back it is due when its own window ends, not a full window later."""
+    now = [100.0]
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    cfg = ProcessorsConfig(wait_duration_s=5, settle_workers=0, max_pending_spans_in_memory=4)
+    s = Settler(cfg, src, Ledger(con), Pricer(PricingConfig()), clock=lambda: now[0])
+    feed(s, src, REQUEST)  # 3 in memory, admitted at the next tick
+    feed(s, src, JOB)  # left in the spool: arrived at 100
+    s.run_once()
+    assert s.stats.spans_spilled == 2 and s.pending_spans == 5 and s.stats.traces_settled == 0
+    now[0] = 105.5
+    s.run_once()  # the request's trace is due (admitted at 100); memory is still full, so the job stays in the spool
+    assert s.stats.traces_settled == 1 and s._spilling
+    now[0] = 105.6
+    s.run_once()  # read back now, and due at once: its window ended at 105, not at 110.6
+    assert not s._spilling and s.pending_spans == 0 and s.stats.traces_settled == 2
+    assert con.execute("SELECT count(*) FROM llm_calls").fetchall()[0][0] == 3
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(1, len(ALL)), st.lists(st.integers(1, len(ALL)), max_size=4), st.lists(st.booleans(), max_size=6))
 def test_any_memory_bound_and_arrival_split_gives_the_same_ledger(
