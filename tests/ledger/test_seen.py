@@ -39,8 +39,10 @@ def test_a_full_generation_is_followed_by_one_as_large_as_all_and_every_key_is_s
     assert f.maybe(keys) == keys
     assert f.generations == 4  # room for 1 024, then as many as all before: 1 100, 2 300, 4 700 (doubling)
     assert f.count == 5000 and f.covers_from_ns == 0
-    # Each full generation wrongly reports ~3.4e-7 of unseen keys: ~0.07 expected in 50 000 (hash() is salted).
-    assert len(f.maybe([f"unseen{i}" for i in range(50_000)])) <= 2
+    # Generations this small (32 768 bits) stay above the 3.4e-7 design rate: with double hashing, two keys whose two
+    # hashes agree modulo m share all 16 probes (~n/m^2 a key). Measured over six hash seeds: 0-4 in 200 000 for one
+    # full generation, ~1e-5; four of them, 50 000 unseen keys: ~2 expected (hash() is salted per run).
+    assert len(f.maybe([f"unseen{i}" for i in range(50_000)])) <= 10
 
 
 def test_a_generation_older_than_keep_is_dropped_and_the_filter_covers_from_after_it() -> None:
