@@ -323,6 +323,13 @@ class Settler:
             due = [tid for tid, p in self._pending.items()
                    if (force or now - p.last_arrival >= wait) and tid not in busy]
             overflow = len(self._pending) - len(due) - len(busy) - self._cfg.max_traces
+            if not force and batches and overflow <= 0 and not self._resettle and self._defer(due, now):
+                n = 0
+                if self._workers:  # batches a worker finished are still written now
+                    self._collect_ready()
+                    n = self._write_collected()
+                self._check_pressure()
+                return n
             if overflow > 0:
                 # Bounded memory: settle the oldest early, as groupbytrace evicts; a late span re-settles.
                 due_set = set(due)
@@ -339,6 +346,21 @@ class Settler:
                 raise
             self._check_pressure()
             return n
+
+    def _defer(self, due: list[str], now: float) -> bool:
+        """Whether to leave ``due`` for a later tick (spans arrived this tick, so more are coming): until it holds
+        settle_batch_spans spans or its oldest trace has been due for settle_max_delay_s. A transaction's fixed
+        cost (~10 ms) would otherwise be paid every tick: at 9 000 spans/s and a 0.1 s tick, ~10 % of a core."""
+        if not due:
+            return False
+        spans = 0
+        oldest = now
+        for tid in due:
+            p = self._pending[tid]
+            spans += len(p.spans)
+            oldest = min(oldest, p.last_arrival)
+        return (spans < self._cfg.settle_batch_spans
+                and now - oldest - self._cfg.wait_duration_s < self._cfg.settle_max_delay_s)
 
     def _requeue(self, trace_ids: Iterable[str]) -> None:
         """After a failure: traces that are not pending (dependents, re-settles) are settled again next tick;

@@ -53,6 +53,13 @@ class ProcessorsConfig(_Strict):
     """Of those, the most held in memory: beyond it, newly committed spans stay only in the spool and are read back,
     in order, as the settler catches up (a backlog costs disk, not memory)."""
     settle_interval_s: float = Field(default=0.2, gt=0)
+    settle_batch_spans: int = Field(default=4_096, ge=1)
+    """While spans keep arriving, a tick settles the due traces only once they hold this many spans, or once the
+    oldest has been due for ``settle_max_delay_s``: each ledger transaction has a fixed cost (~10 ms), so under
+    steady load fewer, bigger ones (as the Collector's batch processor's send_batch_size). When no span arrived
+    since the last tick, what is due is settled at once."""
+    settle_max_delay_s: float = Field(default=1.0, ge=0)
+    """Longest a due trace waits for its batch to fill (see settle_batch_spans)."""
     max_batch_spans: int = Field(default=20_000, gt=0)
     """Most spans settled in one ledger transaction (a backlog is settled in several): bounds the transient
     memory of a settle (records, Arrow tables) however far behind the settler fell."""

@@ -183,7 +183,8 @@ def test_a_batch_left_in_the_worker_is_written_next_tick_and_a_span_arriving_mea
     ledger = Ledger(con)
     w = SettleWorker(IdentityConfig(), PricingConfig())
     w.start()
-    settler = Settler(ProcessorsConfig(wait_duration_s=0), src2, ledger, Pricer(PricingConfig()), workers=[w])
+    cfg = ProcessorsConfig(wait_duration_s=0, settle_batch_spans=1)  # every tick settles what is due
+    settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=[w])
     try:
         feed(settler, src2, REQUEST)
         settler.run_once()

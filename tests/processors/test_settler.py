@@ -396,6 +396,56 @@ def test_spans_read_back_wait_from_their_arrival_not_from_their_read_back(tmp_pa
     assert con.execute("SELECT count(*) FROM llm_calls").fetchall()[0][0] == 3
 
 
+def test_while_spans_keep_arriving_due_traces_wait_for_a_full_batch_or_the_max_delay(tmp_path: Path) -> None:
+    """A ledger transaction has a fixed cost, so while spans keep arriving a tick settles what is due only once it
+    holds settle_batch_spans spans or its oldest trace has been due for settle_max_delay_s; a tick with no new span
+    settles what is due at once. Nothing is settled twice or lost on the way."""
+    now = [100.0]
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    cfg = ProcessorsConfig(wait_duration_s=1, settle_workers=0, settle_batch_spans=5, settle_max_delay_s=2)
+    s = Settler(cfg, src, Ledger(con), Pricer(PricingConfig()), clock=lambda: now[0])
+    feed(s, src, REQUEST)
+    s.run_once()  # admitted at 100, due at 101
+    now[0] = 102.5
+    feed(s, src, JOB[:1])
+    s.run_once()  # the request (3 spans < 5) has been due 1.5 s < 2 s, and a span arrived: it waits
+    assert s.stats.traces_settled == 0
+    now[0] = 103.2
+    feed(s, src, JOB[1:])
+    s.run_once()  # due for 2.2 s: settled, alone (the job's trace is not due)
+    assert s.stats.traces_settled == 1 and s.pending_spans == 2
+    now[0] = 104.3
+    s.run_once()  # no span arrived since the last tick: the job is settled at once, below the batch size
+    assert s.stats.traces_settled == 2 and s.pending_spans == 0
+
+    feed(s, src, TWICE)
+    s.run_once()  # admitted at 104.3
+    now[0] = 105.4
+    extra = span("z", "1", kind=3, attrs=chat(5, 1, **{"tenant.id": "acme"}), seq=8)
+    feed(s, src, [extra])
+    s.run_once()  # TWICE due for 0.1 s, 2 spans: waits while spans arrive
+    assert s.stats.traces_settled == 2
+    s.flush()
+    assert s.stats.traces_settled == 5 and s.pending_spans == 0
+    assert [c for c in calls(con) if c[0] != extra.trace_id] == calls(reference(tmp_path / "ref.duckdb"))
+
+
+def test_a_full_batch_is_settled_without_waiting(tmp_path: Path) -> None:
+    """settle_batch_spans due spans are settled at the tick that finds them, even while spans keep arriving."""
+    now = [100.0]
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    cfg = ProcessorsConfig(wait_duration_s=1, settle_workers=0, settle_batch_spans=5, settle_max_delay_s=60)
+    s = Settler(cfg, src, Ledger(con), Pricer(PricingConfig()), clock=lambda: now[0])
+    feed(s, src, [*REQUEST, *JOB])
+    s.run_once()
+    now[0] = 101.0
+    feed(s, src, TWICE)
+    s.run_once()  # 5 spans due: a full batch
+    assert s.stats.traces_settled == 2 and s.pending_spans == len(TWICE)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(1, len(ALL)), st.lists(st.integers(1, len(ALL)), max_size=4), st.lists(st.booleans(), max_size=6))
 def test_any_memory_bound_and_arrival_split_gives_the_same_ledger(
