@@ -124,6 +124,19 @@ def test_focus_csv_passes_the_validator_and_reconciles(tmp_path: Path) -> None:
     assert any(r["x_TokenType"] == "cache_read" and Decimal(r["ConsumedQuantity"]) == 300 for r in rows)
 
 
+def test_focus_csv_export_fits_in_the_smallest_duckdb_cap_serve_allows(tmp_path: Path) -> None:
+    """`serve` answers exports under its own DuckDB cap (ledger.serve_duckdb_memory_limit_mib, at least 64 MiB).
+    The CSV formatting of a small ledger once needed 164 MiB of DuckDB memory: one hash table per text column for
+    the CSV-injection check."""
+    con = build(tmp_path / "l.duckdb")
+    con.execute("SET memory_limit = '64MiB'")
+    out = tmp_path / "year.csv"
+    s = export_focus(con, out, start=dt.date(2026, 1, 1), end=dt.date(2027, 1, 1), billing_account_id="acct",
+                     billing_account_name="Platform", fmt="csv")
+    tenants = {r["SubAccountId"] for r in csv.DictReader(out.open())}
+    assert s.rows > 0 and {"'=HYPERLINK(\"http://x\")", "'+cmd", "acme", "globex"} <= tenants
+
+
 def test_focus_parquet_is_partitioned_validated_and_keeps_raw_values(tmp_path: Path) -> None:
     con = build(tmp_path / "l.duckdb")
     out = tmp_path / "focus"
