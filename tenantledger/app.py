@@ -201,10 +201,9 @@ class Service:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
             duckdb_mib = min(duckdb_mib, max(16, int(config.receiver.memory_limit_mib / 4)))
         self.con.execute(f"SET memory_limit = '{duckdb_mib}MiB'")
-        # Checkpoints are where DuckDB's CPU per span goes (see ledger.checkpoint_threshold_mib); the rows appended
-        # since the last one stay in its cache, at up to ~2x their WAL size (duckdb_memory(), IN_MEMORY_TABLE), a
-        # checkpoint held up to ~3x (bench/README.md, 2026-11-30 19:00), and a checkpoint that cannot pin a block
-        # invalidates the database: at most an eighth of the cap.
+        # The rows appended since the last checkpoint stay in DuckDB's cache at up to ~4x their WAL size
+        # (duckdb_memory(), IN_MEMORY_TABLE; bench/README.md, 2026-12-01 10:30), and a checkpoint that cannot pin a
+        # block invalidates the database: at most an eighth of the cap (ledger.checkpoint_threshold_mib).
         checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 8))
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
         self.con.execute(f"SET threads = {config.ledger.duckdb_threads or usable_cpus()}")

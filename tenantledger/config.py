@@ -35,19 +35,25 @@ class LedgerConfig(_Strict):
     duckdb_memory_limit_mib: int = Field(default=1024, ge=64)
     """Cap of DuckDB's buffer cache in `export` (larger queries spill to `<ledger>.tmp`), so the process's memory
     stays bounded however large the ledger grows."""
-    serve_duckdb_memory_limit_mib: int = Field(default=256, ge=64)
-    """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps the blocks it has read or
-    written up to its cap: at 512 MiB they filled it over ~10 minutes of sustained ingest, so the server's memory kept
-    rising (bench/README.md, 2026-11-30 19:00). The rows appended since the last checkpoint stay in it (up to about
-    twice the checkpoint threshold, ~3x during a checkpoint), and a checkpoint that cannot get memory invalidates the
-    database until a restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 18:00), so
-    the threshold is at most an eighth of this cap. Larger queries spill to `<ledger>.tmp`."""
-    checkpoint_threshold_mib: int = Field(default=32, ge=1)
-    """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). Each
-    checkpoint recompresses the tables' newest row groups, so a small threshold costs CPU on every span: 16 MiB
-    (DuckDB's default) took ~40 % more DuckDB time per settled span than 128 MiB (bench/README.md). Larger: a longer
-    WAL replay after a crash, and more table data in memory between checkpoints and during them (up to ~3x the
-    threshold), so never more than an eighth of serve's DuckDB cache."""
+    serve_duckdb_memory_limit_mib: int = Field(default=128, ge=64)
+    """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps every block it has written
+    or read until its cap forces it out: under sustained ingest its cache grows with the ledger (~130 bytes a call)
+    until it reaches the cap, so the cap sets the server's memory, and the time it takes to get there is how long the
+    server's memory keeps rising (at 256 MiB, ~5 minutes at 4 000 spans/s; at 128, ~2.5: bench/README.md,
+    2026-12-01 10:30). The rows appended since the last checkpoint stay in it (up to ~4x the checkpoint
+    threshold's WAL), and a checkpoint that cannot get memory invalidates the database until a
+    restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 2026-11-30 18:00), so the
+    threshold is at most an eighth of this cap. Larger queries spill to `<ledger>.tmp`; the ledger file's blocks
+    that fall out of this cache stay in the operating system's page cache."""
+    checkpoint_threshold_mib: int = Field(default=8, ge=1)
+    """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). The rows
+    appended since the last checkpoint stay in DuckDB's cache at up to ~4x their WAL size (`IN_MEMORY_TABLE` in
+    `duckdb_memory()`: ≤ 31 MiB at 8, up to 125 MiB at 32), so the threshold is how far the server's memory swings
+    with each checkpoint. With the ledger's 16 384-row row groups a smaller threshold costs no CPU: 8 and 32 MiB
+    both took 7.7–8.0 µs of DuckDB time per settled call, for a ledger file ~5 % larger (bench/README.md,
+    2026-12-01 10:30; with DuckDB's default row groups 16 MiB took ~40 % more than 128 MiB, as each checkpoint
+    recompressed a large newest row group). Larger: a longer WAL replay after a crash. Never more than an eighth of
+    serve's DuckDB cache."""
     duckdb_threads: int | None = Field(default=None, ge=1)
     """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask). DuckDB
     itself counts the machine's CPUs, so on one CPU of two it ran two threads that took turns: a 512-span spool
