@@ -69,6 +69,15 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def duckdb_threads(worker_processes: int) -> int:
+    """DuckDB's threads in `serve` when ledger.duckdb_threads is unset: the CPUs this process may run on, less the
+    worker processes it runs, at least one. DuckDB itself counts the machine's CPUs, so on one CPU of two it ran two
+    threads that took turns (a spool commit cost 40 % more CPU). On two CPUs beside three worker processes, a second
+    DuckDB thread only competed with them: one settled 6 of 8 interleaved 2-core bursts faster, median gain +7 %
+    (bench/README.md, 2026-12-01 11:45)."""
+    return max(1, usable_cpus() - worker_processes)
+
+
 def tune_malloc(*, worker_pipes: bool) -> bool:
     """Keep glibc's heap from growing under sustained load (bench/README.md, memory); False where not glibc.
 
@@ -206,7 +215,8 @@ class Service:
         # block invalidates the database: at most an eighth of the cap (ledger.checkpoint_threshold_mib).
         checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 8))
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
-        self.con.execute(f"SET threads = {config.ledger.duckdb_threads or usable_cpus()}")
+        threads = config.ledger.duckdb_threads or duckdb_threads(len(self.workers) + self.decoder.workers)
+        self.con.execute(f"SET threads = {threads}")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).
         harden(self.con)
         self.scoped = ScopedViews(self.con, {"spend_anomalies": anomaly_view})

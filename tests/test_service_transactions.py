@@ -50,14 +50,21 @@ def test_serve_caps_duckdb_cache_apart_from_export(tmp_path: Path) -> None:
             service.stop()
 
 
-def test_serve_runs_as_many_duckdb_threads_as_cpus_it_may_use(tmp_path: Path) -> None:
-    """DuckDB counts the machine's CPUs, not the process's affinity mask; serve sets its threads to the latter
-    (ledger.duckdb_threads overrides)."""
-    for extra, expected in (({}, usable_cpus()), ({"duckdb_threads": 3}, 3)):
-        ledger = {"path": str(tmp_path / f"t{expected}.duckdb"), **extra}
-        service = Service(load_config(None, {"ledger": ledger}))
+def test_serve_runs_as_many_duckdb_threads_as_cpus_it_may_use_less_its_worker_processes(tmp_path: Path) -> None:
+    """DuckDB counts the machine's CPUs, not the process's affinity mask; serve sets its threads to the latter, less
+    the worker processes it runs (they use those CPUs), at least one; ledger.duckdb_threads overrides."""
+    none = {"receiver": {"decode_workers": 0}, "processors": {"settle_workers": 0}}
+    three = {"receiver": {"decode_workers": 1}, "processors": {"settle_workers": 2}}
+    for name, extra, expected in (
+        ("none", none, usable_cpus()),
+        ("three", three, max(1, usable_cpus() - 3)),
+        ("set", {**three, "ledger": {"duckdb_threads": 3}}, 3),
+    ):
+        ledger = {"path": str(tmp_path / f"{name}.duckdb"), **extra.get("ledger", {})}
+        service = Service(load_config(None, {**extra, "ledger": ledger}))
         try:
             got = service.con.execute("SELECT current_setting('threads')").fetchall()[0][0]
             assert got == expected
+            assert len(service.workers) + service.decoder.workers == (0 if extra is none else 3)
         finally:
             service.stop()
