@@ -72,9 +72,9 @@ def usable_cpus() -> int:
 def duckdb_threads(worker_processes: int) -> int:
     """DuckDB's threads in `serve` when ledger.duckdb_threads is unset: the CPUs this process may run on, less the
     worker processes it runs, at least one. DuckDB itself counts the machine's CPUs, so on one CPU of two it ran two
-    threads that took turns (a spool commit cost 40 % more CPU). On two CPUs beside three worker processes, a second
-    DuckDB thread only competed with them: one settled 6 of 8 interleaved 2-core bursts faster, median gain +7 %
-    (bench/README.md, 2026-12-01 11:45)."""
+    threads that took turns (a spool commit, when the spool was a DuckDB table, cost 40 % more CPU). On two CPUs
+    beside three worker processes, a second DuckDB thread only competed with them: one settled 6 of 8 interleaved
+    2-core bursts faster, median gain +7 % (bench/README.md, 2026-12-01 10:30)."""
     return max(1, usable_cpus() - worker_processes)
 
 

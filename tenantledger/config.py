@@ -57,9 +57,10 @@ class LedgerConfig(_Strict):
     duckdb_threads: int | None = Field(default=None, ge=1)
     """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask), less the
     worker processes it runs (receiver.decode_workers, processors.settle_workers), at least one. DuckDB itself
-    counts the machine's CPUs, so on one CPU of two it ran two threads that took turns: a 512-span ledger commit
-    cost 6.3 ms of CPU with two, 4.4 ms with one; and on two CPUs beside three worker processes one thread settled
-    6 of 8 bursts faster than two (bench/README.md). Queries in `serve` run on these threads too."""
+    counts the machine's CPUs, so on one CPU of two it ran two threads that took turns: a 512-span commit (to the
+    spool, then a DuckDB table) cost 6.3 ms of CPU with two, 4.4 ms with one; and on two CPUs beside three worker
+    processes one thread settled 6 of 8 bursts faster than two (bench/README.md). Queries in `serve` run on these
+    threads too."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 
