@@ -38,11 +38,11 @@ class LedgerConfig(_Strict):
     serve_duckdb_memory_limit_mib: int = Field(default=128, ge=64)
     """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps every block it has written
     or read until its cap forces it out: under sustained ingest its cache grows with the ledger (~130 bytes a call)
-    until it reaches the cap, so the cap sets the server's memory, and the time it takes to get there is how long the
-    server's memory keeps rising (at 256 MiB, ~5 minutes at 4 000 spans/s; at 128, ~2.5: bench/README.md,
-    2026-12-01 10:30). The rows appended since the last checkpoint stay in it (up to ~4x the checkpoint
-    threshold's WAL), and a checkpoint that cannot get memory invalidates the database until a
-    restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 2026-11-30 18:00), so the
+    until it reaches the cap, so the cap sets the server's memory, and the time it takes to get there is how long
+    the server's memory keeps rising (at 256 MiB it still rose after 7 minutes at 4 000 spans/s; at 128 it was
+    level after ~3: bench/README.md, 2026-12-01 10:30). The rows appended since the last checkpoint stay in it (up
+    to ~4x the checkpoint threshold's WAL), and a checkpoint that cannot get memory invalidates the database until
+    a restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 2026-11-30 18:00), so the
     threshold is at most an eighth of this cap. Larger queries spill to `<ledger>.tmp`; the ledger file's blocks
     that fall out of this cache stay in the operating system's page cache."""
     checkpoint_threshold_mib: int = Field(default=8, ge=1)
