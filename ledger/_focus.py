@@ -178,9 +178,9 @@ X_COLUMNS = [
 ]
 COLUMNS = FOCUS_COLUMNS + X_COLUMNS
 _TIME = {"BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart"}
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# The same as an RE2 class anchored at the start, with escapes rather than raw characters (a printable literal).
-_FORMULA_START_RE = "^[" + "".join({"-": "\\-", "\t": "\\t", "\r": "\\r"}.get(ch, ch) for ch in _FORMULA_START) + "]"
+# Text a spreadsheet would run as a formula (OWASP CSV injection): a leading =, +, -, @, tab or carriage return, as an
+# RE2 class (escapes, not raw characters, so the SQL literal stays printable).
+_FORMULA_START_RE = r"^[=+\-@\t\r]"
 
 
 @dataclass
