@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -93,12 +94,18 @@ def _ranked(calls: pa.Table) -> pa.Table:
 
 
 class Ledger:
-    """Threading: ``write`` is called by the settler thread only; the read helpers may be called from it too.
-    Query APIs open their own cursors (see ``ledger.query``)."""
+    """Threading: ``write`` is called from one thread at a time (the settler's ledger writer); the read helpers
+    (``watermark``, ``known_traces``, ``trace_contexts``, ``dependents``) may be called from other threads while a
+    write runs: they read through their own cursor, so they see what the last committed write left and wait only
+    for each other, not for a write's transaction. Query APIs open their own cursors (see ``ledger.query``)."""
 
     def __init__(self, con: Cursors, *, outbox: bool = False) -> None:
         self._con = con.cursor()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write cursor: one transaction at a time
+        self._reader = con.cursor()
+        self._read_lock = threading.Lock()  # the read cursor
+        # The filters are read by the read helpers and updated by write, each for a few milliseconds at most.
+        self._filters_lock = threading.Lock()
         self._outbox = outbox
         self._con.execute(CALLS_DDL)
         for ddl in _SUPPORT_DDL:
@@ -150,13 +157,19 @@ class Ledger:
                                latest - SEEN_KEYS_KEEP, _ns(latest), SEEN_KEYS_KEEP)
 
     def watermark(self) -> int:
-        with self._lock:
-            rows = self._con.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall()
+        with self._read_lock:
+            rows = self._reader.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall()
             row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
-    def _ids(self, name: str, ids: Sequence[str]) -> None:
-        self._con.register(name, pa.table({"trace_id": pa.array(list(ids), pa.string())}))
+    def _ask(self, sql: str, ids: Sequence[str]) -> list[Any]:
+        """``sql`` (which selects from ``_ask``, a table of the trace ids ``ids``) on the read cursor."""
+        with self._read_lock:
+            self._reader.register("_ask", pa.table({"trace_id": pa.array(list(ids), pa.string())}))
+            try:
+                return self._reader.execute(sql).fetchall()
+            finally:
+                self._reader.unregister("_ask")
 
     def known_traces(
         self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None
@@ -165,46 +178,27 @@ class Ledger:
         (lowest, highest; None when not recorded). ``started_ns``: when each trace's spans to settle started
         (their earliest start time); with it, a trace that started after TRACE_WINDOW began is looked up only if
         the filter of recently settled traces may hold it. Without it, every trace is looked up."""
-        with self._lock:
-            if started_ns is not None:
+        if started_ns is not None:
+            with self._filters_lock:
                 maybe = set(self._traces.maybe(trace_ids))
                 horizon = self._traces.covers_from_ns
-                trace_ids = [t for t in trace_ids if t in maybe or started_ns.get(t, 0) < horizon]
-            if not trace_ids:
-                return {}
-            self._ids("_ask", trace_ids)
-            try:
-                rows = self._con.execute(
-                    "SELECT trace_id, first_seq, last_seq FROM traces WHERE trace_id IN (SELECT trace_id FROM _ask)"
-                ).fetchall()
-            finally:
-                self._con.unregister("_ask")
+            trace_ids = [t for t in trace_ids if t in maybe or started_ns.get(t, 0) < horizon]
+        if not trace_ids:
+            return {}
+        rows = self._ask("SELECT trace_id, first_seq, last_seq FROM traces "
+                         "WHERE trace_id IN (SELECT trace_id FROM _ask)", trace_ids)
         return {r[0]: (r[1], r[2]) if r[1] is not None and r[2] is not None else None for r in rows}
 
     def trace_contexts(self, trace_ids: Sequence[str]) -> dict[str, LinkedContext]:
-        with self._lock:
-            self._ids("_ask", trace_ids)
-            try:
-                rows = self._con.execute(
-                    "SELECT trace_id, request_id, tenant_id, user_id FROM traces "
-                    "WHERE trace_id IN (SELECT trace_id FROM _ask)"
-                ).fetchall()
-            finally:
-                self._con.unregister("_ask")
+        rows = self._ask("SELECT trace_id, request_id, tenant_id, user_id FROM traces "
+                         "WHERE trace_id IN (SELECT trace_id FROM _ask)", trace_ids)
         return {r[0]: LinkedContext(r[0], r[1], r[2], r[3]) for r in rows}
 
     def dependents(self, trace_ids: Sequence[str]) -> set[str]:
         if not self._maybe_unresolved:
             return set()
-        with self._lock:
-            self._ids("_ask", trace_ids)
-            try:
-                rows = self._con.execute(
-                    "SELECT DISTINCT l.trace_id FROM trace_links l JOIN traces t USING (trace_id) "
-                    "WHERE t.unresolved_links AND l.linked_trace_id IN (SELECT trace_id FROM _ask)"
-                ).fetchall()
-            finally:
-                self._con.unregister("_ask")
+        rows = self._ask("SELECT DISTINCT l.trace_id FROM trace_links l JOIN traces t USING (trace_id) "
+                         "WHERE t.unresolved_links AND l.linked_trace_id IN (SELECT trace_id FROM _ask)", trace_ids)
         return {r[0] for r in rows}
 
     def write(self, settlement: Settlement) -> None:
@@ -260,8 +254,9 @@ class Ledger:
                         # its own.
                         window = DEDUP_WINDOW_SQL
                         # Earlier reports can only carry keys the filter has seen (if it covers the window).
-                        covered = _ns(bounds[0]) >= self._seen.covers_from_ns
-                        maybe = self._seen.maybe(key_list) if covered else key_list
+                        with self._filters_lock:
+                            covered = _ns(bounds[0]) >= self._seen.covers_from_ns
+                            maybe = self._seen.maybe(key_list) if covered else key_list
                         touched = "_maybe" if maybe else ""
                         if maybe:
                             con.register("_maybe", pa.table({"dedup_key": pa.array(maybe, pa.string())}))
@@ -305,8 +300,9 @@ class Ledger:
                     con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'settled_watermark'",
                                 [settlement.watermark])
                     # Before the commit: if it fails, the extra keys and traces are only false positives.
-                    self._seen.add(key_list, newest_ns)
-                    self._traces.add(trace_ids, _ns(now))
+                    with self._filters_lock:
+                        self._seen.add(key_list, newest_ns)
+                        self._traces.add(trace_ids, _ns(now))
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +56,10 @@ class SpanSource(Protocol):
 
 
 class SettlementSink(Protocol):
+    """Where settlements go (the ledger). Threading: ``write`` is called from one thread at a time, the settler's
+    ledger writer; the other methods from the settler's own thread, while a write may be running. They must answer
+    from what the writes before the running one committed (the settler never asks about the traces being written)."""
+
     def write(self, settlement: Settlement) -> None: ...
     def watermark(self) -> int: ...
     def known_traces(
@@ -103,6 +109,10 @@ class _Job:
     worker: SettleWorker | None = None  # computing it, until collected
 
 
+class _NotWritten(Exception):
+    """A write queued behind one that failed, dropped without being made."""
+
+
 @dataclass
 class SettlerStats:
     spans_in: int = 0
@@ -117,7 +127,9 @@ class SettlerStats:
 
 class Settler:
     """Threading: ``on_spans`` is called from receiver threads (it only enqueues); everything else runs on the
-    settler's own thread, or on the caller's thread via ``run_once``/``flush`` when the thread is not running."""
+    settler's own thread, or on the caller's thread via ``run_once``/``flush`` when the thread is not running, except
+    ``SettlementSink.write``, which runs on a ledger writer thread (the settler goes on with at most one write in
+    progress behind it, and none is left when ``run_once`` returns)."""
 
     def __init__(
         self,
@@ -150,6 +162,10 @@ class Settler:
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
         self._inflight: deque[_Job] = deque()  # sent to a worker, oldest first; results not collected yet
         self._collected: deque[_Job] = deque()  # collected, not written yet (older than every job in flight)
+        # Handed to the ledger writer thread, oldest first; finished (_reap) once written. Empty between ticks.
+        self._writing: deque[tuple[_Job, Future[float]]] = deque()
+        self._writer: ThreadPoolExecutor | None = None
+        self._write_failed = threading.Event()
         self._spill_at = config.max_pending_spans_in_memory
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
@@ -273,6 +289,9 @@ class Settler:
             if settle:
                 self.flush()
         finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
             for w in self._workers:
                 w.close()
 
@@ -327,7 +346,8 @@ class Settler:
                 n = 0
                 if self._workers:  # batches a worker finished are still written now
                     self._collect_ready()
-                    n = self._write_collected()
+                    self._write_collected()
+                    n = self._reap(0)
                 self._check_pressure()
                 return n
             if overflow > 0:
@@ -369,13 +389,22 @@ class Settler:
         """Settle ``due`` (oldest first) in transactions of at most ``max_batch_spans`` spans (a trace is never
         split). A link target settled in an earlier batch is found in the cache; one in a later batch makes the
         linking trace a dependent, settled again once its target is (as across ticks)."""
-        limit = self._cfg.max_batch_spans
-        batches: list[list[str]] = [[]]
-        size = 0
+        sizes: dict[str, int] = {}
         for tid in dict.fromkeys(due):
             p = self._pending.get(tid)
             cached = self._cache.get(tid)
-            k = len(p.spans) if p is not None else (cached.spans if cached is not None else 1)
+            sizes[tid] = len(p.spans) if p is not None else (cached.spans if cached is not None else 1)
+        limit = self._cfg.max_batch_spans
+        if self._workers:
+            # Batches of even size, as many as a multiple of the workers: 25 000 spans due are two batches of 12 500
+            # computed side by side, not 20 000 and then 5 000 computed by one worker while the other idles.
+            total, w = sum(sizes.values()), len(self._workers)
+            count = math.ceil(math.ceil(total / limit) / w) * w
+            if count:
+                limit = min(limit, max(self._cfg.settle_batch_spans, math.ceil(total / count)))
+        batches: list[list[str]] = [[]]
+        size = 0
+        for tid, k in sizes.items():
             if batches[-1] and size + k > limit:
                 batches.append([])
                 size = 0
@@ -396,9 +425,11 @@ class Settler:
 
     def _settle_pipelined(self, batches: list[list[str]], keep_in_flight: bool) -> int:
         """Through the workers, one batch in flight on each (ADR 0003). When every worker is busy, the oldest batch
-        is collected, the next batch is sent to the worker it frees, and only then is the collected one written: the
-        workers compute while this thread prepares and writes. Batches are written in the order they were sent.
-        With ``keep_in_flight`` the last batches stay in the workers until a later tick.
+        is collected, the next batch is sent to the worker it frees, and only then is the collected one handed to
+        the ledger writer thread: the workers compute and the writer writes while this thread collects, prepares and
+        sends (DuckDB releases the GIL while it writes). At most one write is left behind this thread as it goes on,
+        and every write has committed when this returns. Batches are written in the order they were sent. With
+        ``keep_in_flight`` the last batches stay in the workers until a later tick.
 
         A link from a batch into one collected but not yet written resolves from its results (``_unwritten``); a
         link into one still computing first writes the batches up to it (``_write_linked``). A batch's traces stay
@@ -420,12 +451,19 @@ class Settler:
                 job.worker = next(w for w in self._workers if w not in busy)
                 job.worker.submit(job.order, job.batch, job.contexts)
                 self._inflight.append(job)
-                n += self._write_collected()
+                self._write_collected()
+                n += self._reap(1)
             if not keep_in_flight or not batches:
-                n += self._write_collected()
+                self._write_collected()
                 while self._inflight:
-                    n += self._commit(self._collect())
+                    self._hand_off(self._collect())
+                    n += self._reap(1)
+            n += self._reap(0)
         except BaseException:
+            try:  # the writes already handed over: those that committed are finished, the rest dropped
+                self._reap(0)
+            except Exception:
+                log.exception("ledger write failed")
             for job in self._collected:
                 self._requeue(job.trace_ids)
             self._collected.clear()
@@ -441,11 +479,9 @@ class Settler:
             raise
         return n + sum(linked)
 
-    def _write_collected(self) -> int:
-        n = 0
+    def _write_collected(self) -> None:
         while self._collected:
-            n += self._commit(self._collected.popleft())
-        return n
+            self._hand_off(self._collected.popleft())
 
     def _collect_ready(self) -> None:
         """Collect the oldest batches whose results are already back (without waiting), freeing their workers."""
@@ -457,10 +493,10 @@ class Settler:
         last = max((i for i, job in enumerate(self._inflight) if not targets.isdisjoint(job.in_batch)), default=-1)
         if last < 0:
             return 0
-        n = self._write_collected()
+        self._write_collected()
         for _ in range(last + 1):
-            n += self._commit(self._collect())
-        return n
+            self._hand_off(self._collect())  # its results resolve the link (_unwritten) while it is written
+        return self._reap(1)
 
     def _collect(self) -> _Job:
         """The oldest batch in flight with its results (waits for them)."""
@@ -556,42 +592,92 @@ class Settler:
         return _Job(t0, trace_ids, spans_by_trace, in_batch, replaced, order, batch, contexts)
 
     def _commit(self, job: _Job) -> int:
-        """Hand a computed batch to the ledger, then drop its spans from the pending ones; if the write fails,
-        nothing changed here and the next tick retries. Spans that arrived for a trace after its batch was
-        prepared (the batch was in the worker) stay pending: they re-settle the trace next."""
-        trace_ids, spans_by_trace = job.trace_ids, job.spans_by_trace
-        results, table = job.results, job.table
-        rest: dict[str, dict[str, StagedSpan]] = {}
-        for tid in trace_ids:
-            p = self._pending.get(tid)
-            if p is not None:
-                done = spans_by_trace[tid]
-                # Usually nothing arrived meanwhile: the key views compare in C, without a per-span loop.
-                rest[tid] = {} if p.spans.keys() <= done.keys() else {
-                    sid: s for sid, s in p.spans.items() if sid not in done}
-        # The watermark stays below every span still pending: later batches, and spans that arrived meanwhile.
-        low = [p.min_seq for tid, p in self._pending.items() if tid not in rest]
-        low.extend(s.seq for spans in rest.values() for s in spans.values())
-        watermark = min(low, default=self._max_seen_seq + 1) - 1
-        settlement = Settlement(tuple(results), watermark, table, job.replaced)
-        t1 = self._clock()
+        """Hand a computed batch to the ledger and wait for its write (and any before it); see ``_reap``."""
+        self._hand_off(job)
+        return self._reap(0)
+
+    def _hand_off(self, job: _Job) -> None:
+        """Queue a computed batch's ledger write on the writer thread, behind the writes queued before it. Its
+        traces stay pending, and busy, until ``_reap`` finishes it."""
+        settlement = Settlement(tuple(job.results), self._watermark(job), job.table, job.replaced)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
+        self._writing.append((job, self._writer.submit(self._write, settlement)))
+
+    def _write(self, settlement: Settlement) -> float:
+        """On the writer thread: one ledger transaction; its duration. After a failed write, the writes queued
+        behind it are not made: their watermarks count on it."""
+        if self._write_failed.is_set():
+            raise _NotWritten("an earlier ledger write failed")
+        t0 = self._clock()
         try:
             self._sink.write(settlement)
-        except Exception:
-            self.stats.write_errors += 1
-            for r in results:
-                self._unwritten.pop(r.summary.trace_id, None)
-            self._requeue(trace_ids)
+        except BaseException:
+            self._write_failed.set()
             raise
-        for tid, spans in rest.items():
-            p = self._pending[tid]
-            self._pending_spans -= len(p.spans) - len(spans)
-            if spans:
-                p.spans = spans
-                p.min_seq = min(s.seq for s in spans.values())
-            else:
+        return self._clock() - t0
+
+    def _watermark(self, job: _Job) -> int:
+        """The spool sequence number up to which every span is settled once ``job`` and the writes queued before it
+        have committed: below every pending span none of them settles (later batches, and spans that arrived for
+        their traces after they were prepared: the batch was in a worker or being written)."""
+        done = {tid: j.spans_by_trace[tid] for j, _ in self._writing for tid in j.trace_ids}
+        done.update((tid, job.spans_by_trace[tid]) for tid in job.trace_ids)
+        low: list[int] = []
+        for tid, p in self._pending.items():
+            settles = done.get(tid)
+            if settles is None:
+                low.append(p.min_seq)
+            elif not p.spans.keys() <= settles.keys():  # usually all are: the key views compare in C
+                low.extend(s.seq for sid, s in p.spans.items() if sid not in settles)
+        return min(low, default=self._max_seen_seq + 1) - 1
+
+    def _reap(self, limit: int) -> int:
+        """Finish the queued writes that are done, oldest first, waiting for the oldest while more than ``limit``
+        are queued; returns how many traces they settled. A failed write is raised here, after every write queued
+        behind it was waited for and dropped (not made: ``_write``); their traces are settled again later, and
+        nothing of them changed here."""
+        n = 0
+        while self._writing and (len(self._writing) > limit or self._writing[0][1].done()):
+            job, fut = self._writing.popleft()
+            try:
+                write_s = fut.result()
+            except BaseException:
+                if not isinstance(fut.exception(), _NotWritten):
+                    self.stats.write_errors += 1
+                self._abandon(job)
+                while self._writing:
+                    later, f = self._writing.popleft()
+                    f.exception()  # waits
+                    self._abandon(later)
+                self._write_failed.clear()
+                raise
+            n += self._finish(job, write_s)
+        return n
+
+    def _abandon(self, job: _Job) -> None:
+        for r in job.results:
+            self._unwritten.pop(r.summary.trace_id, None)
+        self._requeue(job.trace_ids)
+
+    def _finish(self, job: _Job, write_s: float) -> int:
+        """After a batch's write committed: drop its spans from the pending ones. Spans that arrived for a trace
+        after its batch was prepared stay pending: they re-settle the trace next."""
+        trace_ids, spans_by_trace, results = job.trace_ids, job.spans_by_trace, job.results
+        for tid in trace_ids:
+            p = self._pending.get(tid)
+            if p is None:
+                continue
+            done = spans_by_trace[tid]
+            if p.spans.keys() <= done.keys():
+                self._pending_spans -= len(p.spans)
                 del self._pending[tid]
-        self.stats.last_write_s = self._clock() - t1
+            else:
+                rest = {sid: s for sid, s in p.spans.items() if sid not in done}
+                self._pending_spans -= len(p.spans) - len(rest)
+                p.spans = rest
+                p.min_seq = min(s.seq for s in rest.values())
+        self.stats.last_write_s = write_s
         self.stats.last_settle_lag_s = self._clock() - job.t0
         self.stats.traces_settled += len(results)
         for r in results:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -257,3 +259,92 @@ def test_two_workers_a_failed_write_loses_nothing(tmp_path: Path) -> None:
         for w in ws:
             w.close()
     assert calls(con) == calls(ref_con)
+
+
+def _counting_sends(w: SettleWorker, n: int) -> threading.Event:
+    """An event set once ``w`` has been sent ``n`` batches."""
+    sent = threading.Event()
+    submit, count = w.submit, [0]
+
+    def counting(*args: Any) -> None:
+        submit(*args)
+        count[0] += 1
+        if count[0] >= n:
+            sent.set()
+
+    w.submit = counting  # type: ignore[method-assign]
+    return sent
+
+
+def test_the_next_batches_are_collected_prepared_and_sent_while_a_batch_is_written(tmp_path: Path) -> None:
+    """The ledger write runs on its own thread: while the first batch (REQUEST) is being written, the settler
+    collects the second (JOB, whose link into REQUEST resolves from REQUEST's results) and sends the third (TWICE)
+    to the worker. The ledger is the one a single in-process transaction gives, and the watermark covers every
+    span."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    w = SettleWorker(IdentityConfig(), PricingConfig())
+    w.start()
+    third_sent = _counting_sends(w, 3)
+    ledger = Ledger(con)
+    write, seen = ledger.write, []
+
+    def first_waits(settlement: Any) -> None:
+        if not seen:
+            seen.append(third_sent.wait(10))  # a write on the settler's own thread would wait here in vain
+        write(settlement)
+
+    ledger.write = first_waits  # type: ignore[method-assign]
+    settler = Settler(ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2), src, ledger,
+                      Pricer(PricingConfig()), workers=[w])
+    try:
+        feed(settler, src, ALL)
+        settler.flush()
+    finally:
+        w.close()
+    assert seen == [True]
+    assert calls(con) == calls(ref_con)
+    assert ledger.watermark() == ALL[-1].seq and settler.pending_spans == 0
+
+
+def test_a_failed_write_drops_the_write_queued_behind_it_and_loses_nothing(tmp_path: Path) -> None:
+    """The first write fails while the second is already queued on the writer thread: the second is not made
+    (its watermark counted on the first), nothing reaches the ledger, every span stays pending, and the retry gives
+    the in-process ledger."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    w = SettleWorker(IdentityConfig(), PricingConfig())
+    w.start()
+    ledger = Ledger(con)
+    write, writes = ledger.write, []
+    settler = Settler(ProcessorsConfig(wait_duration_s=0, max_batch_spans=2), src, ledger, Pricer(PricingConfig()),
+                      workers=[w])
+
+    def queued(letter: str) -> bool:
+        return any(job.trace_ids[0].startswith(letter) for job, _ in list(settler._writing))
+
+    def first_fails(settlement: Any) -> None:
+        writes.append([r.summary.trace_id[0] for r in settlement.results])
+        if len(writes) == 1:
+            deadline = time.monotonic() + 10
+            while not queued("b") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert queued("b")
+            raise duckdb.IOException("disk full (injected)")
+        write(settlement)
+
+    ledger.write = first_fails  # type: ignore[method-assign]
+    try:
+        feed(settler, src, ALL)
+        with pytest.raises(duckdb.IOException, match="injected"):
+            settler.run_once(force=True)
+        assert writes == [["a"]] and calls(con) == [] and ledger.watermark() == 0
+        assert settler.pending_spans == len(ALL) and settler.stats.write_errors == 1
+        settler.flush()
+        assert w.restarts == 0 and not w._inflight
+    finally:
+        w.close()
+    assert calls(con) == calls(ref_con)
+    assert ledger.watermark() == ALL[-1].seq
