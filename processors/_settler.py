@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -389,22 +388,13 @@ class Settler:
         """Settle ``due`` (oldest first) in transactions of at most ``max_batch_spans`` spans (a trace is never
         split). A link target settled in an earlier batch is found in the cache; one in a later batch makes the
         linking trace a dependent, settled again once its target is (as across ticks)."""
-        sizes: dict[str, int] = {}
+        limit = self._cfg.max_batch_spans
+        batches: list[list[str]] = [[]]
+        size = 0
         for tid in dict.fromkeys(due):
             p = self._pending.get(tid)
             cached = self._cache.get(tid)
-            sizes[tid] = len(p.spans) if p is not None else (cached.spans if cached is not None else 1)
-        limit = self._cfg.max_batch_spans
-        if self._workers:
-            # Batches of even size, as many as a multiple of the workers: 25 000 spans due are two batches of 12 500
-            # computed side by side, not 20 000 and then 5 000 computed by one worker while the other idles.
-            total, w = sum(sizes.values()), len(self._workers)
-            count = math.ceil(math.ceil(total / limit) / w) * w
-            if count:
-                limit = min(limit, max(self._cfg.settle_batch_spans, math.ceil(total / count)))
-        batches: list[list[str]] = [[]]
-        size = 0
-        for tid, k in sizes.items():
+            k = len(p.spans) if p is not None else (cached.spans if cached is not None else 1)
             if batches[-1] and size + k > limit:
                 batches.append([])
                 size = 0
