@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=100, help="distinct 512-span requests built (default 100)")
     p.add_argument("--rounds", type=int, default=6, help="times they are sent with fresh ids per run (default 6)")
     p.add_argument("--scaling-requests", type=int, default=40,
-                   help="requests per trace size in the scaling run (default 40)")
+                   help="distinct requests built per trace size for the scaling runs (default 40)")
+    p.add_argument("--scaling-rounds", type=int, default=4,
+                   help="times each trace size's requests are sent with fresh ids per scaling run (default 4)")
+    p.add_argument("--scaling-repeats", type=int, default=3,
+                   help="scaling runs per trace size, the sizes interleaved; the median is reported (default 3)")
     p.add_argument("--duration-s", type=float, default=60.0,
                    help="sustained run at 80%% of max for RSS (default 60; the issue's target is 600)")
     p.add_argument("--repeats", type=int, default=3,
@@ -256,14 +260,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Export latency at 50% load ({rate * main_w.spans_per_request:,.0f} spans/s, 1 core): "
                   f"p50 {percentile(lat.client.latencies_s, 50) * 1000:.1f} ms, "
                   f"p99 {percentile(lat.client.latencies_s, 99) * 1000:.1f} ms", flush=True)
+            # A run of a few seconds is moved by one slow settle tick or checkpoint: each size is sent several
+            # times, the sizes interleaved, and the median reported beside the runs.
             done_spans, done_calls = spans, calls
-            parts = []
-            for i, w in enumerate(scaling, start=1):
-                r = drive(srv, client, i, w.spans, rounds=0, already=done_spans)
-                done_spans += w.spans
-                done_calls += w.llm_calls
-                parts.append(f"{w.trace_size}: {r.e2e_rate:,.0f}")
-            print("spans/s by spans per trace (1 core): " + ", ".join(parts), flush=True)
+            by_size: dict[int, list[float]] = {w.trace_size: [] for w in scaling}
+            srounds = max(1, args.scaling_rounds)
+            for _ in range(max(1, args.scaling_repeats)):
+                for i, w in enumerate(scaling, start=1):
+                    r = drive(srv, client, i, w.spans * srounds, rounds=srounds, already=done_spans)
+                    done_spans += w.spans * srounds
+                    done_calls += w.llm_calls * srounds
+                    by_size[w.trace_size].append(r.e2e_rate)
+            parts = [f"{size}: {median(rates):,.0f}" for size, rates in by_size.items()]
+            runs = "; ".join(f"{size}: " + " / ".join(f"{v:,.0f}" for v in rates) for size, rates in by_size.items())
+            print(f"spans/s by spans per trace (1 core, {srounds * scaling[0].spans} spans a run, median of "
+                  f"{max(1, args.scaling_repeats)}): " + ", ".join(parts) + f" (runs {runs})", flush=True)
             check_ledger(srv, done_calls)
             # Sustained load for memory.
             if args.duration_s > 0:

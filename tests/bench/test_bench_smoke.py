@@ -36,13 +36,15 @@ def test_ingest_smoke() -> None:
     # ingest.py itself fails (exit != 0) unless every span is acknowledged, settled (sum of traces.span_count ==
     # spans sent) and, after SIGTERM, llm_calls holds exactly one priced row per LLM span sent.
     # The baseline phase is skipped here: test_baseline_smoke runs the same code.
-    out = _run("ingest.py", "--requests", "2", "--rounds", "1", "--scaling-requests", "2", "--duration-s", "2",
+    out = _run("ingest.py", "--requests", "2", "--rounds", "1", "--scaling-requests", "2", "--scaling-rounds", "1",
+               "--scaling-repeats", "2", "--duration-s", "2",
                "--skip-baseline", "--repeats", "2")
     assert _rate(out, "ingest 1 core") > 0
     assert len(re.findall(r"repeat \d: ingest 1 core [\d,]+ spans/s .* cores [\d,]+ spans/s", out)) == 2
     assert re.search(r"ratio 2 cores / 1 core: \d+\.\d\d \(target >= 1.7; per repeat \d+\.\d\d, \d+\.\d\d\)", out)
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", out)
-    assert re.search(r"spans/s by spans per trace \(1 core\): 1: [\d,]+, 10: [\d,]+, 100: [\d,]+, 1000: [\d,]+", out)
+    assert re.search(r"spans/s by spans per trace \(1 core, \d+ spans a run, median of 2\): 1: [\d,]+, 10: [\d,]+, "
+                     r"100: [\d,]+, 1000: [\d,]+ \(runs 1: [\d,]+ / [\d,]+; 10: ", out)
     assert re.search(r"RSS over 2 s at 80% load .* MiB.*spans waiting to settle at each sample: [\d,]+", out)
     assert re.search(r"trend [+-]\d+\.\d MiB/min, median of the first third \d+, of the last third \d+ MiB|"
                      r"trend: too few samples", out)

@@ -348,3 +348,42 @@ def test_a_failed_write_drops_the_write_queued_behind_it_and_loses_nothing(tmp_p
         w.close()
     assert calls(con) == calls(ref_con)
     assert ledger.watermark() == ALL[-1].seq
+
+
+def test_the_ledger_answers_the_settler_while_a_write_transaction_is_open(tmp_path: Path) -> None:
+    """The settler asks the ledger about earlier traces while the writer thread is inside a transaction: the
+    answers come at once (they do not wait for the transaction) and hold only what was committed."""
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    settler = Settler(ProcessorsConfig(wait_duration_s=0, settle_workers=0), src, ledger, Pricer(PricingConfig()))
+    feed(settler, src, REQUEST)
+    settler.flush()
+    a, z = REQUEST[0].trace_id, "f" * 32
+    in_txn, done = threading.Event(), threading.Event()
+
+    def open_write() -> None:  # what Ledger.write holds while its transaction runs
+        with ledger._lock:
+            ledger._con.execute("BEGIN TRANSACTION")
+            ledger._con.execute("INSERT INTO traces VALUES (?, 'r', 't', NULL, false, 1, now(), 90, 90)", [z])
+            ledger._con.execute("UPDATE ledger_meta SET value = 90 WHERE key = 'settled_watermark'")
+            in_txn.set()
+            done.wait(10)
+            ledger._con.execute("ROLLBACK")
+
+    writer = threading.Thread(target=open_write)
+    writer.start()
+    try:
+        assert in_txn.wait(10)
+        answers: list[Any] = []
+        reader = threading.Thread(target=lambda: answers.append(
+            (ledger.known_traces([a, z]), ledger.trace_contexts([a, z]), ledger.watermark())))
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "the read helpers waited for the write transaction"
+        known, contexts, watermark = answers[0]
+        assert set(known) == {a} and set(contexts) == {a} and contexts[a].tenant_id == "acme"
+        assert watermark == REQUEST[-1].seq
+    finally:
+        done.set()
+        writer.join()
