@@ -65,7 +65,7 @@ class ProcessorsConfig(_Strict):
     memory of a settle (records, Arrow tables) however far behind the settler fell. At most the ledger's row group
     (16 384 rows, ledger._file.ROW_GROUP_SIZE): a transaction with more calls than a row group, but not a whole number
     of them, is merged by DuckDB as its own row groups, which cost ~1.6x the CPU a call and twice the file
-    (bench/README.md, 2026-12-01 13:30)."""
+    (bench/README.md, 2026-12-01 13:10)."""
     settled_cache_traces: int = Field(default=20_000, ge=0)
     """Recently settled traces remembered (the sequence numbers of their spans in the spool, and their summary for
     linked traces; ~200 bytes each) so a late span re-settles its trace from that part of the spool, not a scan of
