@@ -632,8 +632,8 @@ class Settler:
             job, fut = self._writing.popleft()
             try:
                 write_s = fut.result()
-            except BaseException:
-                if not isinstance(fut.exception(), _NotWritten):
+            except BaseException as e:
+                if not isinstance(e, _NotWritten):
                     self.stats.write_errors += 1
                 self._abandon(job)
                 while self._writing:
