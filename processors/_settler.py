@@ -169,6 +169,7 @@ class Settler:
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
         self._read_to = 0  # while spilling: the last sequence number read back from it
+        self._read_found = True  # whether the last read-back found spans (else the loop waits before the next)
         # While spilling: when each spilled batch arrived (its last sequence number, clock time), so that spans read
         # back wait out wait_duration_s from their arrival, not from their read-back (they may have waited longer).
         self._spill_times: deque[tuple[int, float]] = deque()
@@ -212,12 +213,13 @@ class Settler:
     def _read_back(self) -> None:
         """While spilling: read the spans left in the spool, in order, as far as memory allows; stop spilling once
         all were read (under the inbox lock, so no span published meanwhile falls between the two paths)."""
-        room = self._spill_at - self._pending_spans
-        if room <= self._spill_at // 2:  # read in large chunks, once half the room is free
+        room = self._read_room()
+        if room == 0:
             return
         with self._inbox_lock:
             upto = self._spilled_to
         spans = [s for s in self._source.read_after(self._read_to, room) if s.seq <= upto]
+        self._read_found = bool(spans)
         if spans:
             with self._inbox_lock:
                 times = list(self._spill_times)
@@ -308,13 +310,33 @@ class Settler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self._cfg.settle_interval_s)
-            self._wake.clear()
+            if not self._work_waiting():
+                self._idle(self._cfg.settle_interval_s)
             try:
                 self.run_once()
             except Exception:  # never die: the data is in the spool and will be retried next tick
                 log.exception("settle tick failed; retrying")
                 time.sleep(self._cfg.settle_interval_s)
+
+    def _work_waiting(self) -> bool:
+        """Whether the next tick has work at once: spans left in the spool that now fit in memory, after a read-back
+        that found some. Between such ticks the loop does not wait (with ``_settle_here``, this took a one-core
+        burst's backlog from ~1.5 % idle to none; bench/README.md, 2026-12-01 15:20)."""
+        return self._spilling and self._read_found and self._read_room() > 0
+
+    def _read_room(self) -> int:
+        """How many spans the next read-back may take: 0 until half the memory bound is free (read in large chunks:
+        a trace whose spans straddle two chunks is settled early and again at the next)."""
+        room = self._spill_at - self._pending_spans
+        return room if room > self._spill_at // 2 else 0
+
+    def _idle(self, timeout: float) -> None:
+        """Until the next tick: ``timeout``, or less when the oldest batch in flight has its results back (its worker
+        would otherwise sit idle for the rest of the interval) or ``stop`` is called."""
+        head = self._inflight[0].worker if self._inflight else None
+        if head is None or not head.wait(timeout):
+            self._wake.wait(0 if head is not None else timeout)
+        self._wake.clear()
 
     # --- one tick -----------------------------------------------------------------------------------
 
@@ -403,15 +425,32 @@ class Settler:
         if not batches[-1]:
             batches.pop()
         if not self._workers:
-            return sum(self._settle(b) for b in batches)
+            return self._settle_here(batches)
         return self._settle_pipelined(batches, keep_in_flight)
 
-    def _settle(self, trace_ids: list[str]) -> int:
-        """In this process: attribute, price and write one batch."""
-        job = self._prepare(trace_ids)
-        job.results = settle_traces(job.order, job.batch, job.contexts, self._cfg.identity, self._pricer)
-        job.table = records_table([rec for r in job.results for rec in r.records])
-        return self._commit(job)
+    def _settle_here(self, batches: list[list[str]]) -> int:
+        """In this process: attribute and price each batch, and hand it to the ledger writer thread; the next batch is
+        computed while it is written (DuckDB releases the GIL while it writes and syncs: the core is not left idle
+        while the settler thread waits for a write). At most one write is left behind, none when this returns; a
+        link into the batch being written resolves from its results (``_unwritten``)."""
+        n = 0
+        try:
+            for trace_ids in batches:
+                job = self._prepare(trace_ids)
+                job.results = settle_traces(job.order, job.batch, job.contexts, self._cfg.identity, self._pricer)
+                job.table = records_table([rec for r in job.results for rec in r.records])
+                for r in job.results:
+                    self._unwritten[r.summary.trace_id] = r.summary
+                self._hand_off(job)
+                n += self._reap(1)
+            return n + self._reap(0)
+        except BaseException:
+            try:  # the writes already handed over: those that committed are finished, the rest dropped
+                self._reap(0)
+            except Exception:
+                log.exception("ledger write failed")
+            self._unwritten.clear()
+            raise
 
     def _settle_pipelined(self, batches: list[list[str]], keep_in_flight: bool) -> int:
         """Through the workers, one batch in flight on each (ADR 0003). When every worker is busy, the oldest batch
@@ -580,11 +619,6 @@ class Settler:
         batch = {tid: list(spans_by_trace[tid].values()) for tid in order}
         replaced = frozenset(tid for tid in trace_ids if tid in cached or tid in known)
         return _Job(t0, trace_ids, spans_by_trace, in_batch, replaced, order, batch, contexts)
-
-    def _commit(self, job: _Job) -> int:
-        """Hand a computed batch to the ledger and wait for its write (and any before it); see ``_reap``."""
-        self._hand_off(job)
-        return self._reap(0)
 
     def _hand_off(self, job: _Job) -> None:
         """Queue a computed batch's ledger write on the writer thread, behind the writes queued before it. Its

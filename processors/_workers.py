@@ -253,6 +253,11 @@ class SettleWorker:
         with self._lock:
             return self._inflight and self._conn.poll(0)
 
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the batch in flight to have its results back; ``ready`` after."""
+        with self._lock:
+            return self._inflight and self._conn.poll(timeout)
+
     def _died(self, e: BaseException) -> NoReturn:
         # Died mid-batch (killed, out of memory): restarted on the next call; the settler retries the batch.
         self._proc.join(5)

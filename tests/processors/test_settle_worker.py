@@ -387,3 +387,28 @@ def test_the_ledger_answers_the_settler_while_a_write_transaction_is_open(tmp_pa
     finally:
         done.set()
         writer.join()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_backlog_is_settled_tick_after_tick_without_waiting_out_the_interval(tmp_path: Path, workers: int) -> None:
+    """The settle loop waits settle_interval_s between ticks only when there is nothing to do at once: spans left in
+    the spool that fit in memory again are read back by the very next tick, and a batch left computing in a worker
+    is collected as soon as its results are back. With a 60 s interval, a backlog read back two spans at a time
+    (one tick each) is settled in seconds, and the ledger is the one settling everything at once gives."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    cfg = ProcessorsConfig(wait_duration_s=0, settle_interval_s=60, settle_batch_spans=1, max_pending_spans_in_memory=2)
+    settler = Settler(cfg, src, ledger, Pricer(PricingConfig()), workers=_workers(workers))
+    feed(settler, src, ALL)
+    assert settler._spilling
+    settler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ledger.watermark() < ALL[-1].seq and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ledger.watermark() == ALL[-1].seq, "the backlog waited for the next interval"
+    finally:
+        settler.stop()
+    assert calls(con) == calls(ref_con) and settler.pending_spans == 0

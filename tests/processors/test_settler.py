@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -470,3 +471,36 @@ def test_any_memory_bound_and_arrival_split_gives_the_same_ledger(
     s.flush()
     assert calls(con) == calls(ref_con)
     assert con.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall() == [(len(ALL),)]
+
+
+def test_in_process_the_next_batch_is_computed_while_a_batch_is_written(tmp_path: Path) -> None:
+    """Without settle workers too, the ledger write runs on the writer thread: while the first batch (REQUEST) is
+    written, the settler prepares and computes the second (JOB, whose link into REQUEST resolves from REQUEST's
+    results, not yet in the ledger). The ledger is the one a single transaction gives, the watermark covers every
+    span, and nothing is left pending."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    write, known, seen = ledger.write, ledger.known_traces, []
+    second_prepared = threading.Event()
+
+    def first_waits(settlement: Any) -> None:
+        if not seen:
+            seen.append(second_prepared.wait(10))  # a write the settler waited for would wait here in vain
+        write(settlement)
+
+    def count(trace_ids: Any, started_ns: Any = None) -> Any:
+        if JOB[0].trace_id in trace_ids:  # the second batch (JOB) is being prepared
+            second_prepared.set()
+        return known(trace_ids, started_ns)
+
+    ledger.write = first_waits  # type: ignore[method-assign]
+    ledger.known_traces = count  # type: ignore[method-assign]
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2, settle_workers=0)
+    settler = Settler(cfg, src, ledger, Pricer(PricingConfig()))
+    feed(settler, src, ALL)
+    settler.flush()
+    assert seen == [True]
+    assert calls(con) == calls(ref_con)
+    assert ledger.watermark() == ALL[-1].seq and settler.pending_spans == 0
