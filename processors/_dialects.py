@@ -366,8 +366,8 @@ def usage_problems(attributes: Mapping[str, object]) -> list[str]:
     """Why the token counts on a span cannot be billed (the receiver rejects such a span): one message per bad
     key, naming the key and the fix. Empty when every token count present is a plausible integer."""
     out: list[str] = []
-    for key in USAGE_KEYS:
-        v = attributes.get(key)
+    for key in USAGE_KEYS.intersection(attributes):  # in C: this runs for every GenAI span received
+        v = attributes[key]
         if v is None:
             continue
         if type(v) is int and 0 <= v <= MAX_TOKEN_COUNT:

@@ -216,7 +216,9 @@ def any_value(v: Any) -> AttrValue:
     if which == "bool_value":
         return bool(v.bool_value)
     if which == "array_value":
-        return [any_value(x) for x in v.array_value.values]
+        # Arrays of strings are the common case (gen_ai.response.finish_reasons on every call): inline.
+        return [x.string_value if x.WhichOneof("value") == "string_value" else any_value(x)
+                for x in v.array_value.values]
     if which == "kvlist_value":
         return json.dumps({kv.key: any_value(kv.value) for kv in v.kvlist_value.values}, default=str)
     if which == "bytes_value":
@@ -258,6 +260,7 @@ def _kept_attributes(
     out: dict[str, AttrValue] = {}
     wire: list[str] = []
     genai = False
+    max_len = filt.max_value_length
     for kv in attrs:
         key = kv.key
         decision = cache.get(key)
@@ -274,16 +277,19 @@ def _kept_attributes(
         which = v.WhichOneof("value")  # the two common kinds inline: this loop runs for every attribute
         value: AttrValue
         if which == "string_value":
-            value = v.string_value
+            value = text = v.string_value
+            chars = len(text)
         elif which == "int_value":
             value = v.int_value
+            chars = 0
         else:
             value = any_value(v)
-        if isinstance(value, str) and len(value) > filt.max_value_length:
+            chars = len(value) if isinstance(value, str) else 0
+        if chars > max_len:
             if keep == _ESSENTIAL and not key.endswith(("invocation_parameters", "metadata")):
                 problems.append(
-                    f"attribute {key!r} is {len(value)} characters, over max_attribute_value_length "
-                    f"({filt.max_value_length}): send a shorter value or raise the limit"
+                    f"attribute {key!r} is {chars} characters, over max_attribute_value_length "
+                    f"({max_len}): send a shorter value or raise the limit"
                 )
             continue  # a long non-essential value is dropped, not the span
         out[key] = value
