@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn, cast
 
+import orjson
 import pyarrow as pa
 
 from processors._attribution import LinkedContext, TraceResult, TraceSummary, attribute_trace
@@ -22,7 +23,7 @@ from processors._columns import records_table
 from processors._pricing import Pricer, PricingConfig
 from processors.config import IdentityConfig
 from receiver import StagedSpan
-from receiver._model import SpanEvent, SpanLink
+from receiver._model import JSONAttributes, SpanEvent, SpanLink
 
 log = logging.getLogger("tenantledger.processors")
 
@@ -33,6 +34,7 @@ _span_tuple = operator.attrgetter(*_SPAN_FIELDS)
 _summary_tuple = operator.attrgetter(*(f.name for f in fields(TraceSummary)))
 _EVENTS = _SPAN_FIELDS.index("events")
 assert _SPAN_FIELDS[_EVENTS + 1] == "links"
+_ATTRS = _SPAN_FIELDS.index("attributes")
 
 Batch = tuple[list[str], dict[str, list[StagedSpan]], dict[str, LinkedContext]]
 
@@ -76,6 +78,9 @@ def settle_traces(
 
 def _wire_span(s: StagedSpan) -> tuple[Any, ...]:
     t = _span_tuple(s)
+    attrs = s.attributes
+    if type(attrs) is JSONAttributes:  # as its text, parsed by the worker (_decode_batch)
+        t = (*t[:_ATTRS], attrs.text, *t[_ATTRS + 1:])
     if s.events or s.links:
         events = tuple((e.name, e.time_unix_nano, e.attributes) for e in s.events)
         links = tuple((ln.trace_id, ln.span_id, ln.attributes) for ln in s.links)
@@ -106,6 +111,9 @@ def _decode_batch(kind: bytes, data: bytes) -> Batch:
         out = spans[tid] = []
         for t in rows:
             s = StagedSpan(*t)
+            attrs: object = s.attributes
+            if type(attrs) is str:  # JSONAttributes' text (_wire_span)
+                s.attributes = orjson.loads(attrs)
             if s.events:
                 s.events = tuple(SpanEvent(*e) for e in cast(Any, s.events))  # plain tuples on the wire
             if s.links:

@@ -13,15 +13,14 @@ import traceback
 from typing import Any
 
 from receiver._errors import InvalidRequest, ReceiverError, RequestTooLarge, WorkerUnavailable
-from receiver._model import SpanEvent, SpanLink
+from receiver._model import JSONAttributes, SpanEvent, SpanLink
 from receiver._otlp import AttributeFilter, Extracted, SpanValidator, decode_protobuf, extract
 
 log = logging.getLogger("tenantledger.receiver")
 
 _COLUMNS = (
     "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "service_name", "scope_name",
-    "scope_version", "attributes", "resource_attributes", "events", "links", "status_code", "attribute_dicts",
-    "resource_dicts",
+    "scope_version", "attributes", "resource_attributes", "events", "links", "status_code", "resource_dicts",
 )
 # Errors a worker may report, re-raised as themselves in the receiving process (others are internal trouble).
 _KNOWN_ERRORS: dict[str, type[ReceiverError]] = {"InvalidRequest": InvalidRequest, "RequestTooLarge": RequestTooLarge}
@@ -32,13 +31,15 @@ def extract_body(body: bytes, filt: AttributeFilter, validate: SpanValidator | N
     return extract(decode_protobuf(body), filt, validate, max_spans)
 
 
-def _encode(ex: Extracted) -> tuple[bytes, bytes]:
+def _encode(ex: Extracted, attribute_dicts: bool) -> tuple[bytes, bytes]:
     """(kind, payload): the payload goes as its own pipe message, so a megabyte of columns is not copied again
-    to put a kind byte in front of it (each such copy was a fresh mmap and its page faults)."""
+    to put a kind byte in front of it (each such copy was a fresh mmap and its page faults). Without
+    ``attribute_dicts`` the spans' attributes travel only as their JSON text (see JSONAttributes)."""
     events = [tuple((e.name, e.time_unix_nano, e.attributes) for e in t) if t else () for t in ex.event_tuples]
     links = [tuple((x.trace_id, x.span_id, x.attributes) for x in t) if t else () for t in ex.link_tuples]
     payload = (
-        tuple(getattr(ex, c) for c in _COLUMNS), events, links, ex.rejected, ex.errors, ex.rejected_by_reason,
+        tuple(getattr(ex, c) for c in _COLUMNS), ex.attribute_dicts if attribute_dicts else None, events, links,
+        ex.rejected, ex.errors, ex.rejected_by_reason,
     )
     # marshal: builtins only and ~3x faster than pickle; shared objects (a resource's attribute dict, repeated on
     # each of its spans) are sent once. Pickle if some value is not a builtin.
@@ -49,10 +50,13 @@ def _encode(ex: Extracted) -> tuple[bytes, bytes]:
 
 
 def _decode(kind: bytes, data: bytes) -> Extracted:
-    cols, events, links, rejected, errors, by_reason = marshal.loads(data) if kind == b"M" else pickle.loads(data)
+    cols, dicts, events, links, rejected, errors, by_reason = (
+        marshal.loads(data) if kind == b"M" else pickle.loads(data)
+    )
     ex = Extracted()
     for name, values in zip(_COLUMNS, cols, strict=True):
         setattr(ex, name, values)
+    ex.attribute_dicts = dicts if dicts is not None else list(map(JSONAttributes, ex.attributes))
     ex.event_tuples = [tuple(SpanEvent(*e) for e in t) if t else () for t in events]
     ex.link_tuples = [tuple(SpanLink(*x) for x in t) if t else () for t in links]
     ex.rejected, ex.errors, ex.rejected_by_reason = rejected, errors, by_reason
@@ -60,7 +64,7 @@ def _decode(kind: bytes, data: bytes) -> Extracted:
 
 
 def _worker_main(conn: Any, filt: AttributeFilter, validate: SpanValidator | None, max_spans: int,
-                 inherited: Any = None) -> None:
+                 attribute_dicts: bool, inherited: Any = None) -> None:
     """One body in, its columns (or its error) out, until the pipe closes or an empty message arrives.
 
     Wire: a request is one message, the body itself (never empty: the pool decodes an empty body in-process); the
@@ -80,7 +84,7 @@ def _worker_main(conn: Any, filt: AttributeFilter, validate: SpanValidator | Non
         if not body:
             return
         try:
-            kind, out = _encode(extract_body(body, filt, validate, max_spans))
+            kind, out = _encode(extract_body(body, filt, validate, max_spans), attribute_dicts)
         except ReceiverError as e:
             kind, out = b"E", pickle.dumps((type(e).__name__, e.message))
         except Exception:
@@ -103,8 +107,12 @@ class DecodePool:
     replaced, and the request it held is refused retryably (nothing was committed, so nothing is lost).
     """
 
-    def __init__(self, filt: AttributeFilter, validate: SpanValidator | None, max_spans: int, workers: int) -> None:
+    def __init__(self, filt: AttributeFilter, validate: SpanValidator | None, max_spans: int, workers: int, *,
+                 attribute_dicts: bool = True) -> None:
+        """``attribute_dicts=False``: spans decoded by a worker carry their attributes as JSONAttributes (for
+        processors that read them in other processes), not as dicts."""
         self._args = (filt, validate, max_spans)
+        self._dicts = attribute_dicts
         self._n = workers
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: list[_Worker] = []
@@ -118,8 +126,8 @@ class DecodePool:
         ctx: Any = mp.get_context(method)
         parent, child = ctx.Pipe()
         extra = (parent,) if method == "fork" else ()
-        proc = ctx.Process(target=_worker_main, args=(child, *self._args, *extra), name="tenantledger-decode",
-                           daemon=True)
+        proc = ctx.Process(target=_worker_main, args=(child, *self._args, self._dicts, *extra),
+                           name="tenantledger-decode", daemon=True)
         proc.start()
         child.close()
         w = _Worker(proc, parent)

@@ -105,7 +105,7 @@ class Extracted:
     status_code: list[int] = field(default_factory=list)
     # The same values as Python objects (what the JSON columns above encode), so the spool can publish the
     # committed spans without decoding its own JSON again; read back after a restart, they compare equal.
-    attribute_dicts: list[dict[str, AttrValue]] = field(default_factory=list)
+    attribute_dicts: list[Mapping[str, AttrValue]] = field(default_factory=list)
     resource_dicts: list[dict[str, AttrValue]] = field(default_factory=list)
     event_tuples: list[tuple[SpanEvent, ...]] = field(default_factory=list)
     link_tuples: list[tuple[SpanLink, ...]] = field(default_factory=list)

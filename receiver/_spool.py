@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from receiver._errors import StorageUnavailable
-from receiver._model import SpanEvent, SpanLink, StagedSpan
+from receiver._model import JSONAttributes, SpanEvent, SpanLink, StagedSpan
 from receiver._otlp import Extracted
 
 SCHEMA = pa.schema(
@@ -114,8 +114,12 @@ class Spool:
     and must not block. The read methods may be called from any thread.
     """
 
-    def __init__(self, directory: Path | str, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path | str, *, segment_bytes: int = SEGMENT_BYTES,
+                 attribute_text: bool = False) -> None:
+        """``attribute_text``: spans read back carry their attributes as JSONAttributes (unparsed), for processors
+        that parse them in other processes."""
         self.directory = Path(directory)
+        self._attribute_text = attribute_text
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True)
             _sync_dir(self.directory.parent)  # the directory's own entry, before any ack depends on it
@@ -319,7 +323,7 @@ class Spool:
 
     def read_after(self, seq: int, limit: int = 100_000) -> list[StagedSpan]:
         """At most ``limit`` spans after sequence number ``seq``, in order; empty only when none is left."""
-        return table_to_spans(self.read_rows_after(seq, limit))
+        return table_to_spans(self.read_rows_after(seq, limit), attribute_text=self._attribute_text)
 
     def read_rows_after(self, seq: int, limit: int = 100_000) -> pa.Table:
         frames = self._frames_between(seq + 1)
@@ -348,7 +352,7 @@ class Spool:
     ) -> list[StagedSpan]:
         """Every kept span of these traces, in sequence order; only those numbered ``seq_from..seq_to``
         (inclusive) when given, which reads only the frames of that range instead of every one."""
-        return table_to_spans(self.read_trace_rows(trace_ids, seq_from, seq_to))
+        return table_to_spans(self.read_trace_rows(trace_ids, seq_from, seq_to), attribute_text=self._attribute_text)
 
     def read_trace_rows(
         self, trace_ids: Sequence[str], seq_from: int | None = None, seq_to: int | None = None
@@ -473,9 +477,10 @@ def _published(ex: Extracted, first: int, export_baggage: str | None) -> list[St
     ))
 
 
-def table_to_spans(table: pa.Table) -> list[StagedSpan]:
+def table_to_spans(table: pa.Table, *, attribute_text: bool = False) -> list[StagedSpan]:
     """Spans read back (a table of ``SCHEMA``), column by column: a backlog is read back a span at a time otherwise,
-    and row dicts plus a JSON parse of every span's resource cost ~15 us a span (bench/README.md, 2026-12-01)."""
+    and row dicts plus a JSON parse of every span's resource cost ~15 us a span (bench/README.md, 2026-12-01).
+    ``attribute_text``: attributes as JSONAttributes, not parsed here."""
     cols = {name: table.column(name).to_pylist() for name in SCHEMA.names}
     loads = orjson.loads
     resources: dict[str, Any] = {}  # a request's spans share one resource: parsed once, shared (read-only)
@@ -489,7 +494,8 @@ def table_to_spans(table: pa.Table) -> list[StagedSpan]:
     return list(map(
         StagedSpan, cols["seq"], cols["trace_id"], cols["span_id"], cols["parent_span_id"], cols["name"],
         cols["kind"], cols["start_ns"], cols["end_ns"], cols["service_name"], cols["scope_name"],
-        cols["scope_version"], map(loads, cols["attributes"]), map(resource, cols["resource_attributes"]),
+        cols["scope_version"], map(JSONAttributes if attribute_text else loads, cols["attributes"]),
+        map(resource, cols["resource_attributes"]),
         map(_events, cols["events"]), map(_links, cols["links"]), cols["export_baggage"], cols["status_code"],
     ))
 

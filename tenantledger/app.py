@@ -165,7 +165,9 @@ class Service:
         self.filter = AttributeFilter(
             config.processors.identity.all_keys() | EXTRA_KEYS, config.receiver.max_attribute_value_length
         )
-        self.decoder = DecodePool(self.filter, usage_problems, config.receiver.max_spans_per_request, decode)
+        # With settle workers, only they read span attributes: spans keep them as JSON text until then.
+        self.decoder = DecodePool(self.filter, usage_problems, config.receiver.max_spans_per_request, decode,
+                                  attribute_dicts=settle == 0)
         self.workers: list[SettleWorker] = []
         try:
             self.decoder.start(fork=fork)
@@ -194,7 +196,7 @@ class Service:
         self.con = self.file.con
         shared = config.ledger.shared
         self.ledger = Ledger(self.file, outbox=shared.enabled)
-        self.spool = Spool(spool_path(path))
+        self.spool = Spool(spool_path(path), attribute_text=bool(self.workers))  # as the decoder's spans
         moved = move_staging_table(self.con, self.spool)
         if moved:
             log.info("moved %d spans from the ledger's staging_spans table to %s", moved, self.spool.directory)

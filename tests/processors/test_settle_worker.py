@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -22,6 +23,7 @@ from processors._pricing import Pricer, PricingConfig
 from processors._workers import SettleWorker, settle_traces
 from processors.config import IdentityConfig
 from receiver import StagedSpan
+from receiver._model import JSONAttributes
 from tests.conftest import fixture_names
 from tests.processors.spans import chat, span
 from tests.processors.test_dialects import load_spans
@@ -66,6 +68,21 @@ def test_worker_settles_every_fixture_exactly_as_in_process(worker: SettleWorker
     _same(remote, local)
     assert sum(1 for c in remote[1].column("list_cost").to_pylist() if c) > 40  # priced over there
     assert "tenant-f" not in remote[1].column("tenant_id").to_pylist()  # nothing links to it: not used
+
+
+def test_spans_carrying_their_attributes_as_json_text_settle_as_with_dicts(worker: SettleWorker) -> None:
+    """With settle workers the receiver publishes spans whose attributes are still the spool's JSON text
+    (JSONAttributes): the worker parses it, and every fixture settles exactly as with the attribute dicts."""
+    spans = [s for name in fixture_names() for s in load_spans(name)] + ALL
+    texts = [dataclasses.replace(s, attributes=JSONAttributes(orjson.dumps(dict(s.attributes)).decode()))
+             for s in spans]
+    order, batch = _batch(spans)
+    _, text_batch = _batch(texts)
+    local = settle_traces(order, batch, {}, IdentityConfig(), Pricer(PricingConfig()))
+    remote = worker.settle(order, text_batch, {})
+    assert remote[1].num_rows > 50
+    _same(remote, local)
+    assert all(s.attributes._parsed is None for s in texts if isinstance(s.attributes, JSONAttributes))
 
 
 def test_worker_killed_is_restarted_and_the_settler_loses_nothing(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors.config import IdentityConfig
 from receiver import DecodePool, InvalidRequest, RequestTooLarge, WorkerUnavailable
+from receiver._model import JSONAttributes
 from receiver._otlp import AttributeFilter
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
 
@@ -40,6 +41,26 @@ def test_worker_extracts_every_fixture_exactly_as_in_process(pool: DecodePool) -
         assert _fields(remote) == _fields(here), name
         spans += len(remote)
     assert spans > 100
+
+
+def test_without_attribute_dicts_spans_carry_the_spools_json_text_and_read_the_same() -> None:
+    """For settle workers (they parse attributes themselves) the decode worker sends no attribute dicts: each span
+    carries the JSON text the spool stores, unparsed, and it reads as the dict extracted in-process."""
+    remote_pool = DecodePool(FILTER, usage_problems, 1000, workers=1, attribute_dicts=False)
+    remote_pool.start()
+    local = DecodePool(FILTER, usage_problems, 1000, workers=0)
+    try:
+        for name in fixture_names():
+            body = fixture_to_protobuf(load_fixture(name)).SerializeToString()
+            remote, here = remote_pool.extract(body), local.extract(body)
+            attrs = remote.attribute_dicts
+            assert all(isinstance(a, JSONAttributes) and a._parsed is None for a in attrs), name
+            assert [a.text for a in attrs if isinstance(a, JSONAttributes)] == here.attributes, name
+            assert attrs == here.attribute_dicts, name
+            assert {k: v for k, v in _fields(remote).items() if k != "attribute_dicts"} == {
+                k: v for k, v in _fields(here).items() if k != "attribute_dicts"}, name
+    finally:
+        remote_pool.close()
 
 
 def test_bad_bodies_get_the_same_permanent_errors(pool: DecodePool) -> None:

@@ -18,6 +18,7 @@ import pytest
 from processors._dialects import EXTRA_KEYS
 from processors.config import IdentityConfig
 from receiver import AttributeFilter, Spool, StagedSpan, StorageUnavailable, extract
+from receiver._model import JSONAttributes
 from receiver._spool import SCHEMA
 from tenantledger.app import move_staging_table
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
@@ -45,6 +46,11 @@ def test_published_spans_equal_the_committed_rows(tmp_path: Path, baggage: str |
     assert published == read_back
     spool.close()
     assert Spool(tmp_path / "spool").read_after(0, 1_000_000) == published  # and from the files, by a new process
+    # With settle workers, spans read back keep their attributes as the stored JSON text until a worker parses it.
+    text = Spool(tmp_path / "spool", attribute_text=True)
+    for spans in (text.read_after(0, 1_000_000), text.read_traces(sorted({s.trace_id for s in published}))):
+        assert all(type(s.attributes) is JSONAttributes and s.attributes._parsed is None for s in spans)
+        assert sorted(spans, key=lambda s: s.seq) == published
 
 
 def _requests(filt: AttributeFilter) -> list[tuple[str, Any]]:
