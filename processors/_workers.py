@@ -34,7 +34,8 @@ _span_tuple = operator.attrgetter(*_SPAN_FIELDS)
 _summary_tuple = operator.attrgetter(*(f.name for f in fields(TraceSummary)))
 _EVENTS = _SPAN_FIELDS.index("events")
 assert _SPAN_FIELDS[_EVENTS + 1] == "links"
-_ATTRS = _SPAN_FIELDS.index("attributes")
+# The same with JSONAttributes' text in place of the attributes (one C-level getter: rebuilding the tuple cost more).
+_span_tuple_text = operator.attrgetter(*(f if f != "attributes" else "attributes.text" for f in _SPAN_FIELDS))
 
 Batch = tuple[list[str], dict[str, list[StagedSpan]], dict[str, LinkedContext]]
 
@@ -77,10 +78,10 @@ def settle_traces(
 
 
 def _wire_span(s: StagedSpan) -> tuple[Any, ...]:
-    t = _span_tuple(s)
-    attrs = s.attributes
-    if type(attrs) is JSONAttributes:  # as its text, parsed by the worker (_decode_batch)
-        t = (*t[:_ATTRS], attrs.text, *t[_ATTRS + 1:])
+    if type(s.attributes) is JSONAttributes:  # as its text, parsed by the worker (_decode_batch)
+        t = _span_tuple_text(s)
+    else:
+        t = _span_tuple(s)
     if s.events or s.links:
         events = tuple((e.name, e.time_unix_nano, e.attributes) for e in s.events)
         links = tuple((ln.trace_id, ln.span_id, ln.attributes) for ln in s.links)
