@@ -338,27 +338,28 @@ def view_of(
         elif tl_kind == "workflow" and workflow is None:
             workflow = entity
 
+    # Positional, in field order (each line names its field): keyword arguments cost ~0.05 us each, on every span.
     return GenAIView(
-        is_genai=True,
-        role=role,
-        provider=provider,
-        operation=operation,
-        request_model=request_model,
-        response_model=response_model,
-        response_id=_text(a, ("gen_ai.response.id",)),
-        streamed=streamed,
-        batch=batch,
-        service_tier=_text(a, _SERVICE_TIER_KEYS),
-        usage_reported=usage_reported,
-        input_tokens=vals[_IN],
-        output_tokens=vals[_OUT],
-        cache_read_tokens=vals[_CR],
-        cache_write_tokens=vals[_CW],
-        reasoning_tokens=vals[_RS],
-        conversation_id=_text(a, _CONVERSATION_KEYS),
-        agent_name=agent,
-        workflow_name=workflow,
-        problems=tuple(problems),
+        True,  # is_genai
+        role,  # role
+        provider,  # provider
+        operation,  # operation
+        request_model,  # request_model
+        response_model,  # response_model
+        _text(a, ("gen_ai.response.id",)),  # response_id
+        streamed,  # streamed
+        batch,  # batch
+        _text(a, _SERVICE_TIER_KEYS),  # service_tier
+        usage_reported,  # usage_reported
+        vals[_IN],  # input_tokens
+        vals[_OUT],  # output_tokens
+        vals[_CR],  # cache_read_tokens
+        vals[_CW],  # cache_write_tokens
+        vals[_RS],  # reasoning_tokens
+        _text(a, _CONVERSATION_KEYS),  # conversation_id
+        agent,  # agent_name
+        workflow,  # workflow_name
+        tuple(problems),  # problems
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from processors import IdentityConfig, LinkedContext, attribute_trace
 from processors._attribution import TraceResult
+from processors._dialects import view_of
 from receiver import StagedSpan
 from tests.processors.spans import chat, span
 
@@ -166,3 +167,37 @@ def test_cyclic_parent_chain_terminates() -> None:
     spans = [span("a", "1", "2", attrs=chat()), span("a", "2", "1")]
     (rec,) = run(spans).records
     assert rec.tenant_id is None
+
+
+def test_every_field_of_a_call_record_comes_from_its_own_attribute() -> None:
+    """Each UsageRecord (and GenAIView) field read from a distinct value: a record built with two fields swapped
+    (both are built positionally, for speed) fails here."""
+    attrs = chat(
+        1000, 200, model="gpt-4o", response_id="resp-1",
+        **{
+            "tenant.id": "acme", "user.id": "u-1", "feature": "search", "deployment.environment.name": "prod",
+            "workflow.id": "wf-1", "gen_ai.conversation.id": "conv-1", "gen_ai.agent.name": "planner",
+            "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.cache_read.input_tokens": 300,
+            "gen_ai.usage.cache_creation.input_tokens": 40, "gen_ai.usage.reasoning.output_tokens": 50,
+            "openai.response.service_tier": "flex", "gen_ai.request.batch": True, "gen_ai.request.stream": True,
+            "gen_ai.workflow.name": "wf-name",
+        },
+    )
+    s = span("a", "1", name="chat gpt-4o", kind=CLIENT, attrs=attrs, service="billing-api")
+    (rec,) = run([s]).records
+    assert (rec.trace_id, rec.span_id, rec.request_id) == (s.trace_id, s.span_id, f"{s.trace_id}-{s.span_id}")
+    assert (rec.tenant_id, rec.tenant_source, rec.unattributed_reason, rec.tenant_conflict) == (
+        "acme", "span", None, False)
+    assert (rec.user_id, rec.feature, rec.environment, rec.workflow_id) == ("u-1", "search", "prod", "wf-1")
+    assert (rec.conversation_id, rec.agent_name, rec.service_name, rec.span_name) == (
+        "conv-1", "planner", "billing-api", "chat gpt-4o")
+    assert (rec.provider, rec.operation, rec.request_model, rec.response_model, rec.response_id) == (
+        "openai", "chat", "gpt-4o", "gpt-4o-2024-08-06", "resp-1")
+    assert (rec.streamed, rec.usage_status, rec.batch, rec.service_tier) == (True, "reported", True, "flex")
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
+            rec.reasoning_tokens) == (1000, 200, 300, 40, 50)
+    assert (rec.start_time_unix_nano, rec.end_time_unix_nano) == (s.start_time_unix_nano, s.end_time_unix_nano)
+    assert (rec.dedup_key, rec.dedup_rank) == ("openai:resp-1", 11)
+    v = view_of(s)
+    assert (v.is_genai, v.role, v.usage_reported, v.workflow_name, v.problems) == (
+        True, "inference", True, "wf-name", ())

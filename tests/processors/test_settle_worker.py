@@ -262,6 +262,19 @@ def test_two_workers_a_failed_write_loses_nothing(tmp_path: Path) -> None:
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
     ws = _workers(2)
     ledger, writes = _recording_ledger(con, ws, fail_on={2})
+    # JOB's write runs on the writer thread while the settler goes on to collect TWICE's first batch: that collect
+    # waits until the write has begun, so the write surely sees both workers holding a batch (without the gate, a
+    # busy machine sometimes let the settler collect first).
+    collects = [0]
+    for w in ws:
+        def gated(collect: Any = w.collect) -> Any:
+            collects[0] += 1
+            if collects[0] == 3:
+                deadline = time.monotonic() + 10
+                while len(writes) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            return collect()
+        w.collect = gated  # type: ignore[method-assign]
     cfg = ProcessorsConfig(wait_duration_s=0, max_batch_spans=1)
     settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=ws)
     try:
