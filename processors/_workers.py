@@ -22,8 +22,7 @@ from processors._attribution import LinkedContext, TraceResult, TraceSummary, at
 from processors._columns import records_table
 from processors._pricing import Pricer, PricingConfig
 from processors.config import IdentityConfig
-from receiver import StagedSpan
-from receiver._model import JSONAttributes, SpanEvent, SpanLink
+from receiver import JSONAttributes, SpanEvent, SpanLink, StagedSpan
 
 log = logging.getLogger("tenantledger.processors")
 

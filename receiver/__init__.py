@@ -1,6 +1,7 @@
 """Stage 1 — the OTLP receiver: gRPC and HTTP Export, committed to a durable spool before acknowledging.
 
-Hands on: ``StagedSpan`` (read back from the ``Spool`` or published to its listeners after commit).
+Hands on: ``StagedSpan`` (read back from the ``Spool`` or published to its listeners after commit), whose attributes
+are a dict or, for processors that read them in other processes, ``JSONAttributes``.
 """
 
 from receiver._core import ExportHandler, ExportOutcome, ReceiverStats
@@ -18,7 +19,7 @@ from receiver._errors import (
 )
 from receiver._grpc import GrpcServer
 from receiver._http import HttpRequest, HttpResponse, HttpServer, Route
-from receiver._model import SpanEvent, SpanLink, StagedSpan
+from receiver._model import JSONAttributes, SpanEvent, SpanLink, StagedSpan
 from receiver._otlp import AttributeFilter, SpanValidator, decode_json, decode_protobuf, extract
 from receiver._spool import Spool
 from receiver.config import AuthConfig, ReceiverConfig, TLSConfig, parse_endpoint
@@ -34,6 +35,7 @@ __all__ = [
     "HttpResponse",
     "HttpServer",
     "InvalidRequest",
+    "JSONAttributes",
     "Overloaded",
     "ReceiverConfig",
     "ReceiverError",

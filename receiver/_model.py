@@ -25,7 +25,7 @@ AttrValue = str | int | float | bool | list[Any] | None
 class JSONAttributes(Mapping[str, AttrValue]):
     """A span's kept attributes as the spool stores them (compact JSON), parsed on first read. Spans carry this
     instead of a dict when they are attributed in another process (settle workers): the main process then neither
-    builds the dict nor sends it through two pipes; the worker parses the text (bench/README.md, 2026-12-01 16:00).
+    builds the dict nor sends it through two pipes; the worker parses the text (bench/README.md, 2026-12-01 15:20).
     Read-only, as every span's attributes."""
 
     __slots__ = ("text", "_parsed")

@@ -104,7 +104,8 @@ class Extracted:
     links: list[str | None] = field(default_factory=list)
     status_code: list[int] = field(default_factory=list)
     # The same values as Python objects (what the JSON columns above encode), so the spool can publish the
-    # committed spans without decoding its own JSON again; read back after a restart, they compare equal.
+    # committed spans without decoding its own JSON again; read back after a restart, they compare equal. The
+    # attributes are JSONAttributes over the JSON column when a decode worker sent no dicts (DecodePool).
     attribute_dicts: list[Mapping[str, AttrValue]] = field(default_factory=list)
     resource_dicts: list[dict[str, AttrValue]] = field(default_factory=list)
     event_tuples: list[tuple[SpanEvent, ...]] = field(default_factory=list)

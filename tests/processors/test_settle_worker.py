@@ -22,8 +22,7 @@ from processors import LinkedContext, ProcessorsConfig, Settler, TraceResult, re
 from processors._pricing import Pricer, PricingConfig
 from processors._workers import SettleWorker, settle_traces
 from processors.config import IdentityConfig
-from receiver import StagedSpan
-from receiver._model import JSONAttributes
+from receiver import JSONAttributes, StagedSpan
 from tests.conftest import fixture_names
 from tests.processors.spans import chat, span
 from tests.processors.test_dialects import load_spans

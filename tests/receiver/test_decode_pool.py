@@ -12,8 +12,7 @@ import pytest
 
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors.config import IdentityConfig
-from receiver import DecodePool, InvalidRequest, RequestTooLarge, WorkerUnavailable
-from receiver._model import JSONAttributes
+from receiver import DecodePool, InvalidRequest, JSONAttributes, RequestTooLarge, WorkerUnavailable
 from receiver._otlp import AttributeFilter
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
 

@@ -17,8 +17,7 @@ import pytest
 
 from processors._dialects import EXTRA_KEYS
 from processors.config import IdentityConfig
-from receiver import AttributeFilter, Spool, StagedSpan, StorageUnavailable, extract
-from receiver._model import JSONAttributes
+from receiver import AttributeFilter, JSONAttributes, Spool, StagedSpan, StorageUnavailable, extract
 from receiver._spool import SCHEMA
 from tenantledger.app import move_staging_table
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
