@@ -214,8 +214,9 @@ class Service:
         self.con.execute(f"SET memory_limit = '{duckdb_mib}MiB'")
         # The rows appended since the last checkpoint stay in DuckDB's cache at up to ~4x their WAL size
         # (duckdb_memory(), IN_MEMORY_TABLE; bench/README.md, 2026-12-01 10:30), and a checkpoint that cannot pin a
-        # block invalidates the database: at most an eighth of the cap (ledger.checkpoint_threshold_mib).
-        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 8))
+        # block invalidates the database: at most a sixteenth of the cap (ledger.checkpoint_threshold_mib; an eighth,
+        # 16 MiB under 128, invalidated it in a 10-minute sustained run: bench/README.md, 2026-12-01 16:50).
+        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 16))
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
         threads = config.ledger.duckdb_threads or duckdb_threads(len(self.workers) + self.decoder.workers)
         self.con.execute(f"SET threads = {threads}")

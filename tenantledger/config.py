@@ -43,17 +43,18 @@ class LedgerConfig(_Strict):
     level after ~3: bench/README.md, 2026-12-01 10:30). The rows appended since the last checkpoint stay in it (up
     to ~4x the checkpoint threshold's WAL), and a checkpoint that cannot get memory invalidates the database until
     a restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 2026-11-30 18:00), so the
-    threshold is at most an eighth of this cap. Larger queries spill to `<ledger>.tmp`; the ledger file's blocks
-    that fall out of this cache stay in the operating system's page cache."""
+    threshold is at most a sixteenth of this cap (an eighth, 16 MiB under 128, invalidated it under sustained load,
+    2026-12-01 17:30). Larger queries spill to `<ledger>.tmp`; the ledger file's blocks that fall out of this cache
+    stay in the operating system's page cache."""
     checkpoint_threshold_mib: int = Field(default=8, ge=1)
     """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). The rows
     appended since the last checkpoint stay in DuckDB's cache at up to ~4x their WAL size (`IN_MEMORY_TABLE` in
     `duckdb_memory()`: ≤ 31 MiB at 8, up to 125 MiB at 32), so the threshold is how far the server's memory swings
-    with each checkpoint. With the ledger's 16 384-row row groups a smaller threshold costs no CPU: 8 and 32 MiB
-    both took 7.7–8.0 µs of DuckDB time per settled call, for a ledger file ~5 % larger (bench/README.md,
-    2026-12-01 10:30; with DuckDB's default row groups 16 MiB took ~40 % more than 128 MiB, as each checkpoint
-    recompressed a large newest row group). Larger: a longer WAL replay after a crash. Never more than an eighth of
-    serve's DuckDB cache."""
+    with each checkpoint. Each checkpoint recompresses the newest, part-filled row group, so under steady load
+    (~4 500-call transactions) a small threshold costs CPU: one core's ledger writes at 9 000 spans/s took 22.0 µs
+    a call at 8 MiB, 74 % of it in checkpoints, and 14.0 at 16 MiB (bench/README.md, 2026-12-01 16:50); but 16
+    under the default 128 MiB cache invalidated the database in a sustained run, so 8 stays. Larger: a longer WAL
+    replay after a crash. Never more than a sixteenth of serve's DuckDB cache."""
     duckdb_threads: int | None = Field(default=None, ge=1)
     """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask), less the
     worker processes it runs (receiver.decode_workers, processors.settle_workers), at least one. DuckDB itself

@@ -32,13 +32,13 @@ def test_no_transaction_left_open_by_startup_or_queries(tmp_path: Path) -> None:
 def test_serve_caps_duckdb_cache_apart_from_export(tmp_path: Path) -> None:
     """DuckDB keeps what it reads up to its cap, so the serving process gets its own, smaller cap
     (ledger.serve_duckdb_memory_limit_mib); receiver.memory_limit_mib lowers it to a quarter of that limit. The
-    checkpoint threshold (ledger.checkpoint_threshold_mib) is at most an eighth of the cap: the rows appended since
+    checkpoint threshold (ledger.checkpoint_threshold_mib) is at most a sixteenth of the cap: the rows appended since
     the last checkpoint stay in it, at up to ~4x their WAL size, and a checkpoint holds up to ~3x it."""
     for extra, expected, checkpoint in (
         ({}, "128.0 MiB", "8.0 MiB"),
-        ({"ledger": {"serve_duckdb_memory_limit_mib": 256, "checkpoint_threshold_mib": 32}}, "256.0 MiB", "32.0 MiB"),
-        ({"ledger": {"checkpoint_threshold_mib": 64}}, "128.0 MiB", "16.0 MiB"),
-        ({"receiver": {"memory_limit_mib": 200}}, "50.0 MiB", "6.0 MiB"),
+        ({"ledger": {"serve_duckdb_memory_limit_mib": 256, "checkpoint_threshold_mib": 32}}, "256.0 MiB", "16.0 MiB"),
+        ({"ledger": {"checkpoint_threshold_mib": 16}}, "128.0 MiB", "8.0 MiB"),
+        ({"receiver": {"memory_limit_mib": 200}}, "50.0 MiB", "3.0 MiB"),
     ):
         ledger = {"path": str(tmp_path / f"l{expected[:3]}{checkpoint[:3]}.duckdb"), **extra.get("ledger", {})}
         service = Service(load_config(None, {**extra, "ledger": ledger}))
