@@ -334,8 +334,10 @@ class Settler:
         """Until the next tick: ``timeout``, or less when the oldest batch in flight has its results back (its worker
         would otherwise sit idle for the rest of the interval) or ``stop`` is called."""
         head = self._inflight[0].worker if self._inflight else None
-        if head is None or not head.wait(timeout):
-            self._wake.wait(0 if head is not None else timeout)
+        if head is not None:
+            head.wait(timeout)
+        else:
+            self._wake.wait(timeout)
         self._wake.clear()
 
     # --- one tick -----------------------------------------------------------------------------------
@@ -439,17 +441,12 @@ class Settler:
                 job = self._prepare(trace_ids)
                 job.results = settle_traces(job.order, job.batch, job.contexts, self._cfg.identity, self._pricer)
                 job.table = records_table([rec for r in job.results for rec in r.records])
-                for r in job.results:
-                    self._unwritten[r.summary.trace_id] = r.summary
+                self._computed(job)
                 self._hand_off(job)
                 n += self._reap(1)
             return n + self._reap(0)
         except BaseException:
-            try:  # the writes already handed over: those that committed are finished, the rest dropped
-                self._reap(0)
-            except Exception:
-                log.exception("ledger write failed")
-            self._unwritten.clear()
+            self._drain_writes()
             raise
 
     def _settle_pipelined(self, batches: list[list[str]], keep_in_flight: bool) -> int:
@@ -489,10 +486,7 @@ class Settler:
                     n += self._reap(1)
             n += self._reap(0)
         except BaseException:
-            try:  # the writes already handed over: those that committed are finished, the rest dropped
-                self._reap(0)
-            except Exception:
-                log.exception("ledger write failed")
+            self._drain_writes()
             for job in self._collected:
                 self._requeue(job.trace_ids)
             self._collected.clear()
@@ -504,7 +498,6 @@ class Settler:
                 except Exception:
                     pass
                 self._requeue(lost.trace_ids)
-            self._unwritten.clear()
             raise
         return n + sum(linked)
 
@@ -536,9 +529,22 @@ class Settler:
         except BaseException:
             self._requeue(job.trace_ids)
             raise
+        self._computed(job)
+        return job
+
+    def _computed(self, job: _Job) -> None:
+        """A batch's results are in: links into its traces resolve from them (``_unwritten``) until it is written."""
         for r in job.results:
             self._unwritten[r.summary.trace_id] = r.summary
-        return job
+
+    def _drain_writes(self) -> None:
+        """After a failure in a settle: the writes already handed over are waited for (those that committed are
+        finished, the rest dropped, their traces settled again) and no computed result is kept for links."""
+        try:
+            self._reap(0)
+        except Exception:
+            log.exception("ledger write failed")
+        self._unwritten.clear()
 
     def _admit(self, spans: Iterable[StagedSpan], now: float) -> None:
         for s in spans:
