@@ -147,6 +147,7 @@ def test_a_backlog_is_pipelined_and_a_link_to_the_batch_being_written_resolves(t
     w = SettleWorker(IdentityConfig(), PricingConfig())
     w.start()
     ledger, writes = _recording_ledger(con, w, fail_on=set())
+    _collects_wait_for_writes([w], writes, {2: 1, 3: 2})  # each write, while the next batch is collected
     cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2)
     settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=[w])
     try:
@@ -224,6 +225,22 @@ def _workers(n: int) -> list[SettleWorker]:
     return ws
 
 
+def _collects_wait_for_writes(ws: list[SettleWorker], writes: list[Any], gates: dict[int, int]) -> None:
+    """Collect number k (across the workers, from 1) waits until ``gates[k]`` writes have begun. A write runs on the
+    writer thread while the settler goes on to collect the next batch; tests that record how many workers held a
+    batch during a write gate that collect on it (without this, a busy machine sometimes let the settler collect
+    first, and the recorded count was one lower)."""
+    collects = [0]
+    for w in ws:
+        def gated(collect: Any = w.collect) -> Any:
+            collects[0] += 1
+            deadline = time.monotonic() + 10
+            while len(writes) < gates.get(collects[0], 0) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return collect()
+        w.collect = gated  # type: ignore[method-assign]
+
+
 def test_two_workers_compute_side_by_side_and_a_link_into_a_batch_still_computing_waits_for_it(
     tmp_path: Path,
 ) -> None:
@@ -236,6 +253,7 @@ def test_two_workers_compute_side_by_side_and_a_link_into_a_batch_still_computin
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
     ws = _workers(2)
     ledger, writes = _recording_ledger(con, ws, fail_on=set())
+    _collects_wait_for_writes(ws, writes, {3: 2})  # JOB's write, while TWICE's batch is collected
     cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=2)
     settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=ws)
     try:
@@ -261,19 +279,7 @@ def test_two_workers_a_failed_write_loses_nothing(tmp_path: Path) -> None:
     con = duckdb.connect(str(tmp_path / "l.duckdb"))
     ws = _workers(2)
     ledger, writes = _recording_ledger(con, ws, fail_on={2})
-    # JOB's write runs on the writer thread while the settler goes on to collect TWICE's first batch: that collect
-    # waits until the write has begun, so the write surely sees both workers holding a batch (without the gate, a
-    # busy machine sometimes let the settler collect first).
-    collects = [0]
-    for w in ws:
-        def gated(collect: Any = w.collect) -> Any:
-            collects[0] += 1
-            if collects[0] == 3:
-                deadline = time.monotonic() + 10
-                while len(writes) < 2 and time.monotonic() < deadline:
-                    time.sleep(0.001)
-            return collect()
-        w.collect = gated  # type: ignore[method-assign]
+    _collects_wait_for_writes(ws, writes, {3: 2})  # JOB's write, while TWICE's first batch is collected
     cfg = ProcessorsConfig(wait_duration_s=0, max_batch_spans=1)
     settler = Settler(cfg, src2, ledger, Pricer(PricingConfig()), workers=ws)
     try:
