@@ -162,6 +162,16 @@ class Ledger:
             row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
+    def memory(self) -> dict[str, int]:
+        """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
+        ``ledger.serve_duckdb_memory_limit_mib``) and the filters of recent dedup keys and settled traces (they fill
+        over DEDUP_WINDOW and TRACE_WINDOW of traffic, up to their ``max_keys``): where a server's memory goes."""
+        with self._read_lock:
+            rows = self._reader.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()
+        with self._filters_lock:
+            filters = self._seen.nbytes + self._traces.nbytes
+        return {"duckdb_cache": int(rows[0][0]) if rows else 0, "filters": filters}
+
     def _ask(self, sql: str, ids: Sequence[str]) -> list[Any]:
         """``sql`` (which selects from ``_ask``, a table of the trace ids ``ids``) on the read cursor."""
         with self._read_lock:

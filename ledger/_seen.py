@@ -130,6 +130,11 @@ class TimedFilter:
     def count(self) -> int:
         return sum(g.keys.count for g in self._generations)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the generations' bits (up to ``max_keys`` keys' worth, 4-8 bytes a key)."""
+        return sum(g.keys.nbytes for g in self._generations)
+
     def add(self, keys: Sequence[str], newest_ns: int) -> None:
         """Add ``keys``, the newest of which has time ``newest_ns``."""
         current = self._generations[-1]

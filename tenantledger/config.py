@@ -35,26 +35,26 @@ class LedgerConfig(_Strict):
     duckdb_memory_limit_mib: int = Field(default=1024, ge=64)
     """Cap of DuckDB's buffer cache in `export` (larger queries spill to `<ledger>.tmp`), so the process's memory
     stays bounded however large the ledger grows."""
-    serve_duckdb_memory_limit_mib: int = Field(default=128, ge=64)
+    serve_duckdb_memory_limit_mib: int = Field(default=256, ge=64)
     """The same cap in `serve` (ingest and the query API). Smaller, because DuckDB keeps every block it has written
     or read until its cap forces it out: under sustained ingest its cache grows with the ledger (~130 bytes a call)
     until it reaches the cap, so the cap sets the server's memory, and the time it takes to get there is how long
-    the server's memory keeps rising (at 256 MiB it still rose after 7 minutes at 4 000 spans/s; at 128 it was
-    level after ~3: bench/README.md, 2026-12-01 10:30). The rows appended since the last checkpoint stay in it (up
-    to ~4x the checkpoint threshold's WAL), and a checkpoint that cannot get memory invalidates the database until
-    a restart (seen at 256 MiB with a 128 MiB threshold and DuckDB's default row groups, 2026-11-30 18:00), so the
-    threshold is at most a sixteenth of this cap (an eighth, 16 MiB under 128, invalidated it under sustained load,
-    2026-12-01 17:30). Larger queries spill to `<ledger>.tmp`; the ledger file's blocks that fall out of this cache
-    stay in the operating system's page cache."""
-    checkpoint_threshold_mib: int = Field(default=8, ge=1)
+    the server's memory keeps rising (at 256 MiB and 11 200 spans/s, ~150 s: bench/README.md, 2026-12-01 18:30).
+    The rows appended since the last checkpoint stay in it (up to ~4x the checkpoint threshold's WAL), and a
+    checkpoint that cannot get memory invalidates the database until a restart (seen at 256 MiB with a 128 MiB
+    threshold and DuckDB's default row groups, 2026-11-30 18:00), so the threshold is at most a sixteenth of this
+    cap (an eighth, 16 MiB under 128, invalidated it under sustained load, 2026-12-01 17:30). Larger queries spill
+    to `<ledger>.tmp`; the ledger file's blocks that fall out of this cache stay in the operating system's page
+    cache."""
+    checkpoint_threshold_mib: int = Field(default=16, ge=1)
     """WAL size at which DuckDB checkpoints (writes the tables to the ledger file and empties the WAL). The rows
     appended since the last checkpoint stay in DuckDB's cache at up to ~4x their WAL size (`IN_MEMORY_TABLE` in
-    `duckdb_memory()`: ≤ 31 MiB at 8, up to 125 MiB at 32), so the threshold is how far the server's memory swings
+    `duckdb_memory()`: ≤ 31 MiB at 8, up to 65 MiB at 16), so the threshold is how far the server's memory swings
     with each checkpoint. Each checkpoint recompresses the newest, part-filled row group, so under steady load
     (~4 500-call transactions) a small threshold costs CPU: one core's ledger writes at 9 000 spans/s took 22.0 µs
-    a call at 8 MiB, 74 % of it in checkpoints, and 14.0 at 16 MiB (bench/README.md, 2026-12-01 16:50); but 16
-    under the default 128 MiB cache invalidated the database in a sustained run, so 8 stays. Larger: a longer WAL
-    replay after a crash. Never more than a sixteenth of serve's DuckDB cache."""
+    a call at 8 MiB, 74 % of it in checkpoints, and 14.0 at 16 MiB (bench/README.md, 2026-12-01 16:50); at 8 MiB
+    one core fell behind an 80 % load after ~3 minutes, at 16 it kept up for 10. Larger: a longer WAL replay after
+    a crash. Never more than a sixteenth of serve's DuckDB cache."""
     duckdb_threads: int | None = Field(default=None, ge=1)
     """DuckDB's worker threads in `serve`. Unset: the CPUs this process may run on (its affinity mask), less the
     worker processes it runs (receiver.decode_workers, processors.settle_workers), at least one. DuckDB itself
