@@ -49,16 +49,19 @@ DEDUP_WINDOW = dt.timedelta(hours=1)
 # one window before the newest call (a long trace, or one settled late); older ones are looked up in the ledger.
 SEEN_KEYS_KEEP = 2 * DEDUP_WINDOW
 DEDUP_WINDOW_SQL = " AND start_time BETWEEN ? AND ?"
-SEEN_KEYS_MIN_CAPACITY = 1 << 20  # 4 MiB of filter
+# Keys each of the two filters below holds (dedup keys, settled traces): 4 bytes a key, allocated at start
+# (ledger.key_filter_mib sets it in serve).
+FILTER_KEYS = 1 << 23  # 32 MiB a filter
 
 # Which traces were settled before: a filter of the traces settled in the last day (wall clock; a re-settle renews a
 # trace's settled_at) answers for a trace whose spans all started after that day began; a trace with an older span
 # is looked up in the ledger. Without it, the lookup scanned every settled trace id on each settle tick (~30 ns a
-# trace: 15 ms at 500 k traces, which is how the 10-minute benchmark fell behind). Building it at start reads a day
-# of trace ids (~2 s per million); after that it ages out a day's generations itself. Known limit: a trace that
-# receives no span for over a day, then new spans that started within the last day, may be settled as a new trace
-# instead of replacing its earlier rows (the filter no longer holds it, and the new spans are recent enough that
-# the ledger is not asked).
+# trace: 15 ms at 500 k traces, which is how the 10-minute benchmark fell behind). Building it at start reads the
+# day's newest trace ids that fit (~2 s per million); after that it ages out a day's generations itself, and under
+# more traffic than it holds in a day it covers a shorter time (older traces are looked up). Known limit: a trace
+# that receives no span for over a day, then new spans that started within the last day, may be settled as a new
+# trace instead of replacing its earlier rows (the filter no longer holds it, and the new spans are recent enough
+# that the ledger is not asked).
 TRACE_WINDOW = dt.timedelta(days=1)
 
 
@@ -99,7 +102,10 @@ class Ledger:
     write runs: they read through their own cursor, so they see what the last committed write left and wait only
     for each other, not for a write's transaction. Query APIs open their own cursors (see ``ledger.query``)."""
 
-    def __init__(self, con: Cursors, *, outbox: bool = False) -> None:
+    def __init__(self, con: Cursors, *, outbox: bool = False, filter_keys: int | None = None) -> None:
+        """``filter_keys``: keys held by each of the in-memory filters (dedup keys, settled traces), 4 bytes a
+        key, allocated here; FILTER_KEYS if None."""
+        self._filter_keys = FILTER_KEYS if filter_keys is None else filter_keys
         self._con = con.cursor()
         self._lock = threading.Lock()  # the write cursor: one transaction at a time
         self._reader = con.cursor()
@@ -134,15 +140,27 @@ class Ledger:
     def _settled_traces(self) -> TimedFilter:
         """A filter of the traces settled within TRACE_WINDOW (times: settled_at, wall clock); it answers for
         traces whose spans started after its ``covers_from_ns``."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        since = now - TRACE_WINDOW
-        return self._filter_of("SELECT trace_id FROM traces WHERE settled_at >= ?", since, _ns(now), TRACE_WINDOW)
+        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - TRACE_WINDOW
+        return self._filter_of("SELECT trace_id, epoch_ns(settled_at) AS t FROM traces WHERE settled_at >= ?",
+                               since, TRACE_WINDOW)
 
-    def _filter_of(self, sql: str | None, since: dt.datetime, newest_ns: int, keep: dt.timedelta) -> TimedFilter:
-        """A filter of the strings ``sql`` selects (those of times from ``since`` on); empty without ``sql``."""
-        keys = self._con.execute(sql, [since]).to_arrow_table().column(0).to_pylist() if sql else []
-        return TimedFilter(keys, newest_ns, covers_from_ns=_ns(since), keep_ns=_ns(keep),
-                           min_capacity=SEEN_KEYS_MIN_CAPACITY)
+    def _filter_of(self, sql: str | None, since: dt.datetime, keep: dt.timedelta) -> TimedFilter:
+        """A filter of the keys ``sql`` selects with their times (ns; those of times from ``since`` on): the newest
+        that fit, so that it still takes new keys; if some were left out, it covers from after the newest of
+        them. Empty without ``sql``."""
+        f = TimedFilter(covers_from_ns=_ns(since), keep_ns=_ns(keep), capacity=self._filter_keys)
+        if sql is None:
+            return f
+        known = self._con.execute(f"SELECT * FROM ({sql}) ORDER BY t DESC LIMIT ?",
+                                  [since, f.room + 1]).to_arrow_table()
+        if known.num_rows > f.room:
+            f.covers_from_ns = max(f.covers_from_ns, int(known.column(1)[f.room].as_py()) + 1)
+            known = known.slice(0, f.room)
+        per = max(1, f.room // 3)
+        for end in range(known.num_rows, 0, -per):  # oldest first, as they came
+            chunk = known.slice(max(0, end - per), end - max(0, end - per))
+            f.add(chunk.column(0).to_pylist(), int(chunk.column(1)[0].as_py()))
+        return f
 
     def _seen_keys(self) -> TimedFilter:
         """A filter of the dedup keys of the calls that started within SEEN_KEYS_KEEP of the latest one (times: call
@@ -152,9 +170,10 @@ class Ledger:
         rows = self._con.execute("SELECT max(start_time) FROM calls").fetchall()
         latest = rows[0][0] if rows else None
         if latest is None:  # an empty ledger: every key ever added is in the filter
-            return self._filter_of(None, dt.datetime.min, 0, SEEN_KEYS_KEEP)
-        return self._filter_of("SELECT DISTINCT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND start_time >= ?",
-                               latest - SEEN_KEYS_KEEP, _ns(latest), SEEN_KEYS_KEEP)
+            return self._filter_of(None, dt.datetime.min, SEEN_KEYS_KEEP)
+        return self._filter_of("SELECT dedup_key, max(epoch_ns(start_time)) AS t FROM calls "
+                               "WHERE dedup_key IS NOT NULL AND start_time >= ? GROUP BY dedup_key",
+                               latest - SEEN_KEYS_KEEP, SEEN_KEYS_KEEP)
 
     def watermark(self) -> int:
         with self._read_lock:
@@ -164,8 +183,8 @@ class Ledger:
 
     def memory(self) -> dict[str, int]:
         """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
-        ``ledger.serve_duckdb_memory_limit_mib``) and the filters of recent dedup keys and settled traces (they fill
-        over DEDUP_WINDOW and TRACE_WINDOW of traffic, up to their ``max_keys``): where a server's memory goes."""
+        ``ledger.serve_duckdb_memory_limit_mib``) and the filters of recent dedup keys and settled traces (fixed at
+        start by ``filter_keys``): where a server's memory goes."""
         with self._read_lock:
             rows = self._reader.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()
         with self._filters_lock:

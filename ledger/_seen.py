@@ -32,8 +32,16 @@ class KeyFilter:
     def __init__(self, capacity: int) -> None:
         self.capacity = max(capacity, 1024)
         self._m = np.uint64(self.capacity * self.BITS_PER_KEY)
-        self._bits = np.zeros(self.capacity * self.BITS_PER_KEY // 8, np.uint8)
+        # Written through at once (np.zeros would leave the pages to be faulted in as probes land on them): the
+        # filter's memory is resident from the start, not creeping up as it fills.
+        self._bits = np.empty(self.capacity * self.BITS_PER_KEY // 8, np.uint8)
+        self._bits.fill(0)
         self._steps = np.arange(self.PROBES, dtype=np.uint64)
+        self.count = 0
+
+    def clear(self) -> None:
+        """Forget every key, keeping the memory."""
+        self._bits.fill(0)
         self.count = 0
 
     @property
@@ -96,67 +104,85 @@ def hashes(keys: Sequence[str]) -> np.ndarray:
 
 
 class TimedFilter:
-    """Keys with a time (ns since the epoch), in generations of KeyFilter: answers "may this key have been added?"
-    for every key whose time is at or after ``covers_from_ns``.
+    """Keys with a time (ns since the epoch), in a ring of ``generations`` KeyFilters of equal size allocated at
+    start: answers "may this key have been added?" for every key whose time is at or after ``covers_from_ns``.
 
-    When the newest generation is full, a new one starts with room for as many keys as all live ones hold (so
-    generations double, and their false-positive rates add up to a few times KeyFilter's). A generation whose
-    newest key is older than ``keep_ns`` before the newest key added is dropped, and ``covers_from_ns`` moves past
-    it. So is the oldest generation while the filter holds more than ``max_keys`` (traffic whose times do not
-    advance, such as a replay, ages nothing out): memory stays bounded (4-8 bytes a key), and the settlements it no
-    longer covers are looked up exactly. Built once from the ledger at start; never re-read from it after: rebuilding
-    a full filter from the ledger re-read the window's keys (~3 s of settle-thread CPU per million keys, a stall
-    that the 4-minute sustained benchmark showed as a backlog), and a rebuild only covered settlements after the
-    newest key it read.
+    Memory is fixed by ``capacity`` (4 bytes a key) from the start, whatever the traffic: under sustained load the
+    earlier design (generations doubling as they filled, up to 2^25 keys) kept the server's memory rising for the
+    whole window (bench/README.md, 2026-12-01 18:30). When the current generation is full, the oldest one is
+    emptied and takes the new keys; a generation whose newest key is older than ``keep_ns`` before the newest key
+    added is emptied too. Either way ``covers_from_ns`` moves past the emptied generation's newest key, and the
+    settlements it no longer covers are looked up exactly. The false-positive rates of the live generations add
+    up (a few times KeyFilter's). Built once from the ledger at start (its newest keys, up to the capacity less one
+    generation); never re-read from it after: rebuilding a full filter from the ledger re-read the window's keys
+    (~3 s of settle-thread CPU per million keys, a stall that the 4-minute sustained benchmark showed as a backlog).
 
     Not thread-safe: the ledger calls it under its own lock."""
 
-    def __init__(self, keys: Sequence[str], newest_ns: int, *, covers_from_ns: int, keep_ns: int,
-                 min_capacity: int, max_keys: int = 1 << 25) -> None:
+    def __init__(self, *, covers_from_ns: int, keep_ns: int, capacity: int, generations: int = 4) -> None:
+        """An empty filter; the keys known at start are added oldest first, at most ``room`` of them (whoever
+        reads them moves ``covers_from_ns`` past the newest one it leaves out)."""
         self.covers_from_ns = covers_from_ns
         self._keep_ns = keep_ns
-        self._max_keys = max_keys
-        self._min_capacity = min_capacity
-        first = _Generation(KeyFilter(max(min_capacity, 2 * len(keys))), newest_ns)
-        first.keys.add(keys)
-        self._generations = [first]
-        self._newest_ns = newest_ns
+        generations = max(2, generations)
+        self._ring = [_Generation(KeyFilter(max(1024, capacity // generations)), covers_from_ns)
+                      for _ in range(generations)]
+        self._current = 0
+        self._newest_ns = covers_from_ns
+
+    @property
+    def room(self) -> int:
+        """How many keys the filter holds at most while still taking more without forgetting any: all generations
+        but one (the keys to load at start)."""
+        return (len(self._ring) - 1) * self._ring[0].keys.capacity
 
     @property
     def generations(self) -> int:
-        return len(self._generations)
+        """Generations holding keys."""
+        return sum(1 for g in self._ring if g.keys.count)
 
     @property
     def count(self) -> int:
-        return sum(g.keys.count for g in self._generations)
+        return sum(g.keys.count for g in self._ring)
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the generations' bits (up to ``max_keys`` keys' worth, 4-8 bytes a key)."""
-        return sum(g.keys.nbytes for g in self._generations)
+        """Memory held by the generations' bits: fixed at start (``capacity`` keys, 4 bytes a key)."""
+        return sum(g.keys.nbytes for g in self._ring)
 
     def add(self, keys: Sequence[str], newest_ns: int) -> None:
         """Add ``keys``, the newest of which has time ``newest_ns``."""
-        current = self._generations[-1]
-        if current.keys.full:
-            current = _Generation(KeyFilter(max(self._min_capacity, self.count)), newest_ns)
-            self._generations.append(current)
+        self._add_to_current(keys, newest_ns)
+        horizon = self._newest_ns - self._keep_ns
+        for g in self._ring:
+            if g.keys.count and g.newest_ns < horizon and g is not self._ring[self._current]:
+                self._empty(g)
+
+    def _add_to_current(self, keys: Sequence[str], newest_ns: int) -> None:
+        current = self._ring[self._current]
+        if current.keys.count and current.keys.count + len(keys) > current.keys.capacity:
+            self._current = (self._current + 1) % len(self._ring)
+            current = self._ring[self._current]
+            if current.keys.count:
+                self._empty(current)
         current.keys.add(keys)
         current.newest_ns = max(current.newest_ns, newest_ns)
         self._newest_ns = max(self._newest_ns, newest_ns)
-        horizon = self._newest_ns - self._keep_ns
-        while len(self._generations) > 1 and (self._generations[0].newest_ns < horizon
-                                               or self.count > self._max_keys):
-            dropped = self._generations.pop(0)
-            self.covers_from_ns = max(self.covers_from_ns, dropped.newest_ns + 1)
+
+    def _empty(self, g: _Generation) -> None:
+        self.covers_from_ns = max(self.covers_from_ns, g.newest_ns + 1)
+        g.keys.clear()
 
     def maybe(self, keys: Sequence[str]) -> list[str]:
         """The keys that may have been added (every added one still covered, plus rare false positives)."""
         if not keys:
             return []
+        live = [g for g in self._ring if g.keys.count]
+        if not live:
+            return []
         h = hashes(keys)
-        hit = self._generations[0].keys.hits(h)
-        for g in self._generations[1:]:
+        hit = live[0].keys.hits(h)
+        for g in live[1:]:
             hit |= g.keys.hits(h)
         return [keys[i] for i in np.flatnonzero(hit).tolist()]
 

@@ -195,7 +195,7 @@ class Service:
             ) from e
         self.con = self.file.con
         shared = config.ledger.shared
-        self.ledger = Ledger(self.file, outbox=shared.enabled)
+        self.ledger = Ledger(self.file, outbox=shared.enabled, filter_keys=config.ledger.key_filter_mib * 2**20 // 4)
         self.spool = Spool(spool_path(path), attribute_text=bool(self.workers))  # as the decoder's spans
         moved = move_staging_table(self.con, self.spool)
         if moved:

@@ -62,6 +62,14 @@ class LedgerConfig(_Strict):
     spool, then a DuckDB table) cost 6.3 ms of CPU with two, 4.4 ms with one; and on two CPUs beside three worker
     processes one thread settled 6 of 8 bursts faster than two (bench/README.md). Queries in `serve` run on these
     threads too."""
+    key_filter_mib: int = Field(default=32, ge=1)
+    """Memory of each of serve's two in-memory filters, allocated at start: the dedup keys of recent calls (a
+    fresh settlement looks for earlier reports of its calls in the ledger only when the filter may hold one) and
+    the trace ids settled in the last day (a late span's trace is looked up only then). 4 bytes a key, in four
+    generations of which the oldest is emptied when the newest is full: 32 MiB holds 6.3-8.4 M keys, 10-14 minutes
+    of calls at 10 000 a second, and the whole 2-hour dedup window below ~870 a second; beyond what it holds,
+    older settlements are looked up in the ledger instead (correct, slower). Fixed, so that the server's memory
+    does not rise as they fill (bench/README.md, 2026-12-01 18:30)."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 

@@ -72,3 +72,13 @@ def test_serve_runs_as_many_duckdb_threads_as_cpus_it_may_use_less_its_worker_pr
             assert len(service.workers) + service.decoder.workers == (0 if extra is none else 3)
         finally:
             service.stop()
+
+
+def test_the_ledgers_key_filters_take_the_memory_configured_at_start(tmp_path: Path) -> None:
+    """ledger.key_filter_mib: each of the two filters (dedup keys, settled traces) is allocated at start, so the
+    server's memory does not rise as they fill; /metrics reports it (tenantledger_ledger_filter_bytes)."""
+    service = Service(load_config(None, {"ledger": {"path": str(tmp_path / "l.duckdb"), "key_filter_mib": 4}}))
+    try:
+        assert service.ledger.memory()["filters"] == 2 * 4 * 2**20
+    finally:
+        service.stop()

@@ -223,10 +223,10 @@ def test_bad_spans_rejected_alone_good_spans_kept(server_factory: Any) -> None:
     assert float(spool["spool_bytes"]) == sum(f.stat().st_size for f in spool_path(srv.ledger).iterdir())
     assert float(spool["spool_bytes"]) > 0 and float(spool["spool_segments"]) == 1
     assert float(spool["spool_write_errors_total"]) == 0
-    # Where the memory goes: DuckDB's cache (under serve's cap) and the ledger's filters (a first generation each).
+    # Where the memory goes: DuckDB's cache (under serve's cap) and the ledger's two filters (ledger.key_filter_mib).
     memory = dict(re.findall(r"^tenantledger_(duckdb_memory_bytes|ledger_filter_bytes) (\S+)$", metrics, re.M))
     assert 0 < float(memory["duckdb_memory_bytes"]) <= 256 * 2**20
-    assert float(memory["ledger_filter_bytes"]) == 2 * 4 * 2**20
+    assert float(memory["ledger_filter_bytes"]) == 2 * 32 * 2**20
     assert srv.stop() == 0
     assert srv.query("SELECT count(*) FROM llm_calls") == [(2,)]
 

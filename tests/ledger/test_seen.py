@@ -27,46 +27,49 @@ def test_full_once_past_capacity() -> None:
 HOUR = 3_600 * 10**9
 
 
-def timed(keep_hours: int = 2, capacity: int = 1024) -> TimedFilter:
-    return TimedFilter([], 0, covers_from_ns=0, keep_ns=keep_hours * HOUR, min_capacity=capacity)
+def timed(keep_hours: int = 2, capacity: int = 4096) -> TimedFilter:
+    """Four generations of 1 024 keys."""
+    return TimedFilter(covers_from_ns=0, keep_ns=keep_hours * HOUR, capacity=capacity)
 
 
-def test_a_full_generation_is_followed_by_one_as_large_as_all_and_every_key_is_still_found() -> None:
+def test_memory_is_fixed_at_start_and_a_full_generation_passes_to_the_next() -> None:
     f = timed()
-    keys = [f"k{i}" for i in range(5000)]
-    for i in range(0, 5000, 100):
+    assert f.nbytes == 4 * 1024 * 4 and f.generations == 0 and f.room == 3 * 1024
+    keys = [f"k{i}" for i in range(3000)]
+    for i in range(0, 3000, 100):
         f.add(keys[i:i + 100], HOUR)  # times do not advance (a replayed backlog): nothing expires
     assert f.maybe(keys) == keys
-    assert f.generations == 4  # room for 1 024, then as many as all before: 1 100, 2 300, 4 700 (doubling)
-    assert f.count == 5000 and f.covers_from_ns == 0
+    assert f.generations == 3 and f.count == 3000 and f.covers_from_ns == 0
+    assert f.nbytes == 4 * 1024 * 4  # as at start, however many keys came
     # Generations this small (32 768 bits) stay above the 3.4e-7 design rate: with double hashing, two keys whose two
     # hashes agree modulo m share all 16 probes (~n/m^2 a key). Measured over six hash seeds: 0-4 in 200 000 for one
-    # full generation, ~1e-5; four of them, 50 000 unseen keys: ~2 expected (hash() is salted per run).
+    # full generation, ~1e-5; three of them, 50 000 unseen keys: ~1.5 expected (hash() is salted per run).
     assert len(f.maybe([f"unseen{i}" for i in range(50_000)])) <= 10
 
 
-def test_a_generation_older_than_keep_is_dropped_and_the_filter_covers_from_after_it() -> None:
+def test_when_every_generation_is_full_the_oldest_is_emptied_and_the_filter_covers_from_after_it() -> None:
+    f = timed()
+    batches = [[f"g{g}-{i}" for i in range(1000)] for g in range(5)]
+    for g, batch in enumerate(batches):
+        f.add(batch, (g + 1) * 60 * 10**9)  # a minute apart, within keep: only room forces the oldest out
+    # Five batches of 1 000 in four generations of 1 024: the fifth went into the first generation, emptied.
+    assert f.generations == 4 and f.count == 4000
+    assert f.covers_from_ns == 60 * 10**9 + 1  # the first batch's time: no longer answered for (looked up exactly)
+    for batch in batches[1:]:
+        assert f.maybe(batch) == batch
+    assert len(f.maybe(batches[0])) <= 5  # gone, but for false positives
+    assert f.nbytes == 4 * 1024 * 4
+
+
+def test_a_generation_older_than_keep_is_emptied_and_the_filter_covers_from_after_it() -> None:
     f = timed(keep_hours=2)
-    old = [f"old{i}" for i in range(1100)]  # fills the first generation at t = 1 h
+    old = [f"old{i}" for i in range(1000)]
     f.add(old, HOUR)
-    f.add(["mid"], 2 * HOUR)  # opens the second generation
+    f.add([f"mid{i}" for i in range(100)], 2 * HOUR)  # 1 100 > 1 024: opens the second generation
     assert f.generations == 2 and f.covers_from_ns == 0
     f.add(["new"], 3 * HOUR)  # the first generation's newest key (1 h) is not older than 3 h - 2 h yet
     assert f.generations == 2 and f.maybe(old[:3]) == old[:3]
     f.add(["newer"], 3 * HOUR + 1)
     assert f.generations == 1 and f.covers_from_ns == HOUR + 1  # keys from 1 h on are no longer answered for
-    assert f.maybe(["mid", "new", "newer"]) == ["mid", "new", "newer"]
+    assert f.maybe(["mid0", "new", "newer"]) == ["mid0", "new", "newer"]
     assert len(f.maybe(old)) <= 1  # gone (but for a false positive)
-
-
-def test_beyond_max_keys_the_oldest_generation_is_dropped_even_when_times_do_not_advance() -> None:
-    f = TimedFilter([], 0, covers_from_ns=0, keep_ns=2 * HOUR, min_capacity=1024, max_keys=3000)
-    first = [f"a{i}" for i in range(1100)]
-    f.add(first, HOUR)  # fills the first generation
-    f.add([f"b{i}" for i in range(1100)], HOUR)  # second generation: 2 200 keys in all
-    assert f.generations == 2 and f.covers_from_ns == 0
-    f.add([f"c{i}" for i in range(1000)], HOUR)  # into the second; 3 200 > 3 000: the oldest goes, though not older
-    assert f.generations == 1 and f.count == 2100
-    assert f.covers_from_ns == HOUR + 1  # keys of that time are no longer answered for: looked up exactly
-    # Gone, but for false positives of the generation left (overfull: 2 100 keys in room for 1 100, ~1 expected).
-    assert len(f.maybe(first)) <= 15

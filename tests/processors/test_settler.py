@@ -284,10 +284,12 @@ def test_reports_older_than_the_filter_covers_are_matched_exactly(tmp_path: Path
     assert [(t[0], d) for t, d in rows] == [("g", True), ("h", False)]
 
 
-def test_a_full_filter_grows_and_still_finds_earlier_reports(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_full_filter_generation_passes_to_the_next_and_earlier_reports_are_still_found(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     import ledger._ledger as ledger_mod
 
-    monkeypatch.setattr(ledger_mod, "SEEN_KEYS_MIN_CAPACITY", 1024)
+    monkeypatch.setattr(ledger_mod, "FILTER_KEYS", 4096)  # four generations of 1 024 keys
     src = ListSource()
     con, s = make(tmp_path / "l.duckdb", src)
     many = [span(f"m{i:04d}", "1", kind=3, seq=i + 1, attrs=chat(1, 1, response_id=f"r{i}", **{"tenant.id": "acme"}))
@@ -303,6 +305,37 @@ def test_a_full_filter_grows_and_still_finds_earlier_reports(tmp_path: Path, mon
     assert [(t[:5], d) for t, d in rows] == [("m0005", True), ("z0000", False)]
     # A second generation took the new key; the filter still covers every call (no fallback to a full scan).
     assert ledger._seen.generations == 2 and ledger._seen.count == 1101 and ledger._seen.covers_from_ns < 0
+
+
+def test_at_start_the_filters_take_the_newest_keys_that_fit_and_cover_from_after_the_rest(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Memory is fixed at start (ledger.key_filter_mib): a ledger with more recent calls than the filter holds loads
+    the newest and answers only from after the newest it left out; older settlements are looked up exactly."""
+    import ledger._ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "FILTER_KEYS", 4096)  # room for 3 072 at start
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    t0 = 1_767_225_600_000_000_000
+    many = [span(f"m{i:04d}", "1", kind=3, seq=i + 1, start=t0 + i * 1000,
+                 attrs=chat(1, 1, response_id=f"r{i}", **{"tenant.id": "acme"})) for i in range(3100)]
+    feed(s, src, many)
+    s.flush()
+    s.stop()
+    again = Ledger(con)
+    assert again._seen.count == 3072 and again._traces.count == 3072
+    assert again._seen.covers_from_ns == t0 + 27 * 1000 + 1  # the 28 oldest calls (0-27) did not fit
+    keys = [con.execute("SELECT dedup_key FROM calls WHERE response_id = ?", [f"r{i}"]).fetchall()[0][0]
+            for i in (28, 3099)]
+    assert again._seen.maybe(keys) == keys
+    # A late report of a call older than that is still found: looked up in the ledger, not the filter.
+    s2 = Settler(ProcessorsConfig(wait_duration_s=0, settle_interval_s=0.01), src, again, Pricer(PricingConfig()))
+    feed(s2, src, [span("late", "1", kind=3, seq=5000, start=t0 + 3 * 1000,
+                        attrs=chat(1, 1, response_id="r3", **{"tenant.id": "acme", "server.address": "x"}))])
+    s2.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls WHERE response_id = 'r3' ORDER BY trace_id").fetchall()
+    assert [t[:5] for t, _ in rows] == ["late0", "m0003"] and sorted(d for _, d in rows) == [False, True]
 
 
 @pytest.mark.parametrize("recent", [True, False], ids=["started-now", "settled-days-ago"])
