@@ -172,6 +172,7 @@ class TimedFilter:
     def _empty(self, g: _Generation) -> None:
         self.covers_from_ns = max(self.covers_from_ns, g.newest_ns + 1)
         g.keys.clear()
+        g.newest_ns = self.covers_from_ns - 1  # its next keys set it; none of them is answered for below this
 
     def maybe(self, keys: Sequence[str]) -> list[str]:
         """The keys that may have been added (every added one still covered, plus rare false positives)."""
