@@ -156,8 +156,8 @@ class Ledger:
         if known.num_rows > f.room:
             f.covers_from_ns = max(f.covers_from_ns, int(known.column(1)[f.room].as_py()) + 1)
             known = known.slice(0, f.room)
-        per = max(1, f.room // 3)
-        for end in range(known.num_rows, 0, -per):  # oldest first, as they came
+        per = f.generation_keys
+        for end in range(known.num_rows, 0, -per):  # oldest first, a generation at a time
             chunk = known.slice(max(0, end - per), end - max(0, end - per))
             f.add(chunk.column(0).to_pylist(), int(chunk.column(1)[0].as_py()))
         return f

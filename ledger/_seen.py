@@ -131,10 +131,15 @@ class TimedFilter:
         self._newest_ns = covers_from_ns
 
     @property
+    def generation_keys(self) -> int:
+        """Keys one generation holds."""
+        return self._ring[0].keys.capacity
+
+    @property
     def room(self) -> int:
         """How many keys the filter holds at most while still taking more without forgetting any: all generations
         but one (the keys to load at start)."""
-        return (len(self._ring) - 1) * self._ring[0].keys.capacity
+        return (len(self._ring) - 1) * self.generation_keys
 
     @property
     def generations(self) -> int:

@@ -216,14 +216,15 @@ class Service:
         # (duckdb_memory(), IN_MEMORY_TABLE; bench/README.md, 2026-12-01 10:30), and a checkpoint that cannot pin a
         # block invalidates the database: at most a sixteenth of the cap (ledger.checkpoint_threshold_mib; an eighth,
         # 16 MiB under 128, invalidated it in a 10-minute sustained run: bench/README.md, 2026-12-01 16:50).
-        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, max(1, duckdb_mib // 16))
+        sixteenth = max(1, duckdb_mib // 16)
+        checkpoint_mib = min(config.ledger.checkpoint_threshold_mib, sixteenth)
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mib}MiB'")
         # DuckDB's allocator (jemalloc on Linux) keeps what DuckDB frees for reuse, by default up to 128 MiB after
         # each task: under steady ingest that showed as the process's memory rising for 10 minutes outside DuckDB's
         # own count (duckdb_memory()), 500 -> 659 MiB. Flushed after any task that peaked above a sixteenth of the
         # cap (a checkpoint does), with its background threads returning freed pages: 512 -> ~560 (bench/README.md,
         # 2026-12-01 18:30). Elsewhere these settings do nothing.
-        self.con.execute(f"SET allocator_flush_threshold = '{max(1, duckdb_mib // 16)}MiB'")
+        self.con.execute(f"SET allocator_flush_threshold = '{sixteenth}MiB'")
         self.con.execute("SET allocator_background_threads = true")
         threads = config.ledger.duckdb_threads or duckdb_threads(len(self.workers) + self.decoder.workers)
         self.con.execute(f"SET threads = {threads}")
