@@ -14,7 +14,7 @@ from typing import Any
 
 from receiver._errors import InvalidRequest, ReceiverError, RequestTooLarge, WorkerUnavailable
 from receiver._model import JSONAttributes, SpanEvent, SpanLink
-from receiver._otlp import AttributeFilter, Extracted, SpanValidator, decode_protobuf, extract
+from receiver._otlp import AttributeFilter, Extracted, SpanValidator, decode_wire, extract
 
 log = logging.getLogger("tenantledger.receiver")
 
@@ -28,7 +28,7 @@ _KNOWN_ERRORS: dict[str, type[ReceiverError]] = {"InvalidRequest": InvalidReques
 
 def extract_body(body: bytes, filt: AttributeFilter, validate: SpanValidator | None, max_spans: int) -> Extracted:
     """The in-process path, and what a worker runs: protobuf bytes -> staged-span columns."""
-    return extract(decode_protobuf(body), filt, validate, max_spans)
+    return extract(decode_wire(body), filt, validate, max_spans)
 
 
 def _encode(ex: Extracted, attribute_dicts: bool) -> tuple[bytes, bytes]:

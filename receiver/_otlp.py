@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from receiver._errors import InvalidRequest, RequestTooLarge
 from receiver._model import AttrValue, SpanEvent, SpanLink
+from receiver._wire import any_value, decode_any_value, wire_from_request, wire_request
 
 # Attribute families that mark a span as GenAI (semconv gen_ai.*, OpenLLMetry llm.*/traceloop.*,
 # OpenInference llm.*/openinference.*/embedding.*, Vercel AI SDK ai.*).
@@ -135,6 +135,14 @@ class Extracted:
 # --- decoding -------------------------------------------------------------------------------------
 
 
+def decode_wire(body: bytes) -> Any:
+    """A protobuf body -> the attribute-map view that ``extract`` reads fastest (receiver._wire)."""
+    try:
+        return wire_request(body)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise InvalidRequest(f"request body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from e
+
+
 def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     try:
@@ -203,30 +211,6 @@ def _snake(camel: str) -> str:
 # --- extraction -----------------------------------------------------------------------------------
 
 
-def any_value(v: Any) -> AttrValue:
-    """Convert an OTLP AnyValue to a JSON-able Python value."""
-    which = v.WhichOneof("value")
-    if which == "string_value":
-        return str(v.string_value)
-    if which == "int_value":
-        return int(v.int_value)
-    if which == "double_value":
-        d = float(v.double_value)
-        # NaN/inf are not JSON; keep them as strings so validation can name them.
-        return d if math.isfinite(d) else str(d)
-    if which == "bool_value":
-        return bool(v.bool_value)
-    if which == "array_value":
-        # Arrays of strings are the common case (gen_ai.response.finish_reasons on every call): inline.
-        return [x.string_value if x.WhichOneof("value") == "string_value" else any_value(x)
-                for x in v.array_value.values]
-    if which == "kvlist_value":
-        return json.dumps({kv.key: any_value(kv.value) for kv in v.kvlist_value.values}, default=str)
-    if which == "bytes_value":
-        return bytes(v.bytes_value).hex()
-    return None
-
-
 _DROP, _ESSENTIAL, _WIRE = 0, 1, 2
 _MAX_CACHED_KEYS = 10_000  # attribute keys are sender-chosen: the decision cache must not grow without bound
 
@@ -246,24 +230,27 @@ def _classify_key(key: str, filt: AttributeFilter) -> tuple[int, bool, str]:
 
 def _json(value: Any) -> str:
     """Compact JSON of an attribute mapping, as the spool stores it. orjson: ~13x faster than json.dumps, and this
-    runs for every span received; json.dumps (same document) for what orjson refuses (ints beyond 64 bits)."""
+    runs for every span received; json.dumps (same document) for what orjson refuses (ints beyond 64 bits). Keys
+    sorted: the attribute map's order is not the sender's and differs between processes (receiver._wire), and the
+    same span must give the same text wherever it was decoded."""
     try:
-        return orjson.dumps(value, default=str).decode()
+        return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), default=str)
+        return json.dumps(value, separators=(",", ":"), default=str, sort_keys=True)
 
 
 def _kept_attributes(
-    attrs: Iterable[Any], filt: AttributeFilter, problems: list[str], cache: dict[str, tuple[int, bool, str]]
-) -> tuple[dict[str, AttrValue], bool]:
-    """The span's kept attributes and whether it is a GenAI span, in one pass over its attributes (the
-    per-key decision is cached: keys repeat on every span)."""
+    attrs: Mapping[str, bytes], filt: AttributeFilter, problems: list[str], cache: dict[str, tuple[int, bool, str]]
+) -> tuple[dict[str, AttrValue], bool, str]:
+    """The span's kept attributes, whether it is a GenAI span and the reason class of its first problem, in one
+    pass over its attributes (key -> encoded AnyValue, see receiver._wire; the per-key decision is cached: keys
+    repeat on every span). A value is decoded only when its key is kept."""
     out: dict[str, AttrValue] = {}
     wire: list[str] = []
     genai = False
     max_len = filt.max_value_length
-    for kv in attrs:
-        key = kv.key
+    reason = ""
+    for key, raw in attrs.items():
         decision = cache.get(key)
         if decision is None:
             decision = _classify_key(key, filt)
@@ -274,24 +261,19 @@ def _kept_attributes(
             genai = True
         if keep == _DROP:
             continue
-        v = kv.value
-        which = v.WhichOneof("value")  # the two common kinds inline: this loop runs for every attribute
-        value: AttrValue
-        if which == "string_value":
-            value = text = v.string_value
-            chars = len(text)
-        elif which == "int_value":
-            value = v.int_value
-            chars = 0
-        else:
-            value = any_value(v)
-            chars = len(value) if isinstance(value, str) else 0
-        if chars > max_len:
+        try:
+            value = decode_any_value(raw)
+        except (UnicodeDecodeError, DecodeError):
+            problems.append(f"attribute {key!r} is not a valid OTLP AnyValue (strings must be UTF-8)")
+            reason = reason or "invalid_attribute"
+            continue
+        if type(value) is str and len(value) > max_len:
             if keep == _ESSENTIAL and not key.endswith(("invocation_parameters", "metadata")):
                 problems.append(
-                    f"attribute {key!r} is {chars} characters, over max_attribute_value_length "
+                    f"attribute {key!r} is {len(value)} characters, over max_attribute_value_length "
                     f"({max_len}): send a shorter value or raise the limit"
                 )
+                reason = reason or "attribute_too_long"
             continue  # a long non-essential value is dropped, not the span
         out[key] = value
         if keep == _WIRE:
@@ -299,16 +281,19 @@ def _kept_attributes(
     if wire and not genai:
         for key in wire:
             out.pop(key, None)
-    return out, genai
+    return out, genai, reason
 
 
 def extract(
-    req: ExportTraceServiceRequest,
+    req: Any,
     filt: AttributeFilter,
     validate: SpanValidator | None = None,
     max_spans: int | None = None,
 ) -> Extracted:
-    """Pull staged-span columns out of a request. Bad spans are rejected alone (OTLP partial success)."""
+    """Pull staged-span columns out of a request: an ExportTraceServiceRequest or its attribute-map view
+    (receiver._wire, what ``decode_wire`` returns). Bad spans are rejected alone (OTLP partial success)."""
+    if isinstance(req, ExportTraceServiceRequest):
+        req = wire_from_request(req)
     out = Extracted()
     total = 0
     for rs in req.resource_spans:
@@ -375,10 +360,8 @@ def _extract_span(
     if span.start_time_unix_nano > _MAX_NS or span.end_time_unix_nano > _MAX_NS:
         problems.append("start/end time is after the year 2262 (not representable): check the exporter's clock")
         reason = reason or "invalid_time"
-    before = len(problems)
-    attrs, genai = _kept_attributes(span.attributes, filt, problems, cache)
-    if len(problems) > before:
-        reason = reason or "attribute_too_long"
+    attrs, genai, attr_reason = _kept_attributes(span.attributes, filt, problems, cache)
+    reason = reason or attr_reason
     if validate is not None and genai:
         usage = validate(attrs)
         if usage:

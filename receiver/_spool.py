@@ -56,9 +56,10 @@ _HEADER = struct.Struct("<4sQIII")  # magic, first seq, span count, stream lengt
 _MAGIC = b"TLS1"
 _SUFFIX = ".arrows"
 _fsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-# Buffers compressed with zstd: 58 bytes a span instead of 772 (DuckDB's table held ~220), for 0.3 us a span to write
-# and as much to read back (bench/README.md, 2026-12-01); lz4 was 105 bytes at half the CPU.
-_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+# Buffers compressed with LZ4 (frame): 108 bytes a span instead of 768 for 0.6 us a span to write; zstd made 59 bytes
+# but took 1.9 us, 2-3 % of what a span costs on one core (bench/README.md, 2026-12-01 21:00). A reader takes either:
+# the codec is recorded per buffer (Arrow IPC format, "Compression"), so segments written before still read.
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 SpanListener = Callable[[list[StagedSpan]], None]
 

@@ -17,6 +17,7 @@ from processors._attribution import attribute_trace
 from processors._dialects import EXTRA_KEYS, usage_problems
 from processors.config import IdentityConfig
 from receiver import AttributeFilter, InvalidRequest, decode_json, decode_protobuf, extract
+from receiver._otlp import decode_wire
 from receiver._spool import rows_to_spans
 from tests.processors.spans import chat, span
 from tests.reliability._harness import LONG
@@ -46,7 +47,7 @@ def _staged(ex: Any) -> list[Any]:
     return rows_to_spans(rows)
 
 
-def _through_pipeline(req: ExportTraceServiceRequest) -> None:
+def _through_pipeline(req: Any) -> None:
     ex = extract(req, FILTER, usage_problems, 100_000)
     assert len(ex) + ex.rejected == sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
     spans = _staged(ex)
@@ -116,8 +117,13 @@ def test_fuzz_protobuf(body: bytes, cut: int, flip: list[tuple[int, int]]) -> No
         if pos < len(data):
             data[pos] = byte
     try:
-        req = decode_protobuf(bytes(data))
+        strict = decode_protobuf(bytes(data))
     except InvalidRequest:
+        strict = None
+    try:
+        req = decode_wire(bytes(data))  # what the server decodes with (receiver._wire)
+    except InvalidRequest:
+        assert strict is None, "the attribute-map view refused a body protobuf accepts"
         return
     _through_pipeline(req)
 

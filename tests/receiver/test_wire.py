@@ -1,0 +1,89 @@
+"""The attribute-map view of OTLP requests (receiver._wire): it reads every AnyValue exactly as protobuf's own
+messages do, and a bad value rejects only its span."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from processors.config import IdentityConfig
+from receiver import AttributeFilter
+from receiver._decode import extract_body
+from receiver._wire import any_value, decode_any_value
+from tenantledger.app import EXTRA_KEYS
+
+FILTER = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS, 65_536)
+
+
+def _values() -> list[AnyValue]:
+    out = [AnyValue(), AnyValue(string_value=""), AnyValue(string_value="gpt-4o"), AnyValue(string_value="é" * 63),
+           AnyValue(string_value="x" * 126), AnyValue(string_value="x" * 127), AnyValue(string_value="x" * 128),
+           AnyValue(string_value="x" * 70_000), AnyValue(bool_value=True), AnyValue(bool_value=False),
+           AnyValue(double_value=0.2), AnyValue(double_value=-1e300), AnyValue(double_value=math.nan),
+           AnyValue(double_value=math.inf), AnyValue(bytes_value=b"\x00\xff")]
+    for n in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**31, 2**63 - 1, -1, -(2**63)):
+        out.append(AnyValue(int_value=n))
+    arr = AnyValue()
+    arr.array_value.values.add(string_value="stop")
+    arr.array_value.values.add(int_value=3)
+    kv = AnyValue()
+    kv.kvlist_value.values.add(key="k", value=AnyValue(string_value="v"))
+    return [*out, arr, kv]
+
+
+@pytest.mark.parametrize("value", _values(), ids=lambda v: str(v.WhichOneof("value")))
+def test_every_anyvalue_reads_as_protobuf_reads_it(value: AnyValue) -> None:
+    got, want = decode_any_value(value.SerializeToString()), any_value(value)
+    assert type(got) is type(want)
+    assert got == want or (isinstance(want, float) and math.isnan(want) and math.isnan(got))  # type: ignore[arg-type]
+
+
+def _request(attrs: list[tuple[str, AnyValue]], spans: int = 3) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i in range(spans):
+        sp = ss.spans.add(trace_id=b"\xab" * 16, span_id=bytes([0] * 7 + [i + 1]), name="chat gpt-4o", kind=3,
+                          start_time_unix_nano=1_767_225_600_000_000_000, end_time_unix_nano=1_767_225_601_000_000_000,
+                          trace_state="k=v", flags=0x301, dropped_attributes_count=2)
+        sp.attributes.extend(KeyValue(key=k, value=v) for k, v in attrs)
+        sp.attributes.add(key="span.no", value=AnyValue(int_value=i))
+    return req
+
+
+def test_a_value_that_is_not_utf8_rejects_its_span_alone_and_the_batch_is_kept() -> None:
+    """Protobuf would refuse the whole request for one bad string (proto3 strings are UTF-8); the view reads values
+    only when they are kept, and rejects just the span that carries the bad one (OTLP partial success)."""
+    body = _request([("gen_ai.request.model", AnyValue(string_value="gpt-4o")),
+                     ("tenant.id", AnyValue(string_value="acme"))]).SerializeToString()
+    bad = body.replace(b"acme", b"ac\xffe", 1)  # the first span's tenant
+    ex = extract_body(bad, FILTER, None, 100)
+    assert len(ex) == 2 and ex.rejected == 1
+    assert ex.rejected_by_reason == {"invalid_attribute": 1}
+    assert "'tenant.id' is not a valid OTLP AnyValue (strings must be UTF-8)" in ex.error_message()
+    assert [a["tenant.id"] for a in ex.attribute_dicts] == ["acme", "acme"]
+    # a dropped attribute is never read, so its bytes cannot cost the span
+    dropped = _request([("http.user_agent", AnyValue(string_value="curl")),
+                        ("gen_ai.request.model", AnyValue(string_value="gpt-4o"))]).SerializeToString()
+    ex = extract_body(dropped.replace(b"curl", b"cu\xffl"), FILTER, None, 100)
+    assert len(ex) == 3 and ex.rejected == 0
+
+
+def test_the_view_keeps_what_protobuf_keeps_and_its_text_does_not_depend_on_order() -> None:
+    """Same spans, same attribute values and the same JSON text whichever order the sender wrote the attributes
+    in; undeclared span fields (trace_state, flags, dropped counts) are skipped; a repeated key keeps its last value,
+    as a dict built from the KeyValues would."""
+    attrs = [("gen_ai.request.model", AnyValue(string_value="gpt-4o")), ("tenant.id", AnyValue(string_value="a")),
+             ("gen_ai.usage.input_tokens", AnyValue(int_value=532)), ("tenant.id", AnyValue(string_value="b")),
+             ("gen_ai.request.temperature", AnyValue(double_value=0.2))]
+    forward = extract_body(_request(attrs).SerializeToString(), FILTER, None, 100)
+    backward = extract_body(_request([attrs[4], attrs[2], attrs[1], attrs[0], attrs[3]]).SerializeToString(), FILTER,
+                            None, 100)
+    assert len(forward) == 3 and forward.attributes == backward.attributes
+    assert forward.attribute_dicts[0] == {"gen_ai.request.model": "gpt-4o", "tenant.id": "b",
+                                          "gen_ai.usage.input_tokens": 532, "gen_ai.request.temperature": 0.2}
+    assert json.loads(forward.attributes[2]) == forward.attribute_dicts[2]
+    assert forward.span_id == [f"{i:016x}" for i in (1, 2, 3)] and forward.kind == [3, 3, 3]
