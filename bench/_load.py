@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SPANS_PER_REQUEST = 512
 TENANTS = [f"tenant-{i:03d}" for i in range(50)]
@@ -74,7 +76,7 @@ def build_requests(w: Workload) -> list[bytes]:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
     rnd = random.Random(w.seed)
-    base_ns = time.time_ns() - 3_600_000_000_000
+    base_ns = time.time_ns() - w.spans * 1_000_000  # the last span starts now; restamp moves them with the clock
     out: list[bytes] = []
     span_no = 0
     trace_no = 0
@@ -166,12 +168,43 @@ def _trace_tag(seed: int) -> bytes:
     return b"\xb7" + seed.to_bytes(3, "big")
 
 
-def restamp(body: bytes, old_seed: int, new_seed: int) -> bytes:
+def time_fields(body: bytes) -> np.ndarray:
+    """Byte offsets of every span's start and end time in a request (fixed64 fields 7 and 8 of Span, trace.proto:
+    tag byte then 8 little-endian bytes), for ``restamp`` to move them."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest.FromString(body)
+    offsets: list[int] = []
+    pos = 0
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                for tag, value in ((b"\x39", sp.start_time_unix_nano), (b"\x41", sp.end_time_unix_nano)):
+                    at = body.find(tag + value.to_bytes(8, "little"), pos)
+                    if at < 0:
+                        raise ValueError("span time not found in the request's bytes")
+                    offsets.append(at + 1)
+                    pos = at + 9
+    return np.array(offsets, np.int64)
+
+
+def restamp(body: bytes, old_seed: int, new_seed: int, times: np.ndarray | None = None, shift_ns: int = 0) -> bytes:
     """The same request with fresh trace ids and response ids (new traces, new calls), without re-serializing:
-    the seed appears only as the prefix of each trace_id field (tag 0x0a, length 16) and of each response id."""
+    the seed appears only as the prefix of each trace_id field (tag 0x0a, length 16) and of each response id.
+    With ``times`` (``time_fields``), every span's start and end also move by ``shift_ns``: a long run's traffic
+    then carries the times a live service would (span times that never advanced made every ledger lookup by time
+    range cover the whole ledger, and made the dedup filter, which answers for recent times, useless after its
+    first rotation)."""
     old_t, new_t = b"\x0a\x10" + _trace_tag(old_seed), b"\x0a\x10" + _trace_tag(new_seed)
     old_r, new_r = f"resp-{old_seed:08x}-".encode(), f"resp-{new_seed:08x}-".encode()
-    return body.replace(old_t, new_t).replace(old_r, new_r)
+    out = body.replace(old_t, new_t).replace(old_r, new_r)
+    if times is None or not shift_ns:
+        return out
+    buf = np.frombuffer(bytearray(out), np.uint8)
+    at = times[:, None] + np.arange(8)
+    moved = buf[at].copy().view("<u8") + np.uint64(shift_ns)
+    buf[at] = moved.view(np.uint8).reshape(-1, 8)
+    return buf.tobytes()
 
 
 # --- the client process ---------------------------------------------------------------------------------
@@ -201,6 +234,8 @@ def _send_all(
     rate_rps: float | None,
     stamps: list[tuple[int, int]],
     duration_s: float | None,
+    times: list[np.ndarray] | None = None,
+    built_ns: int = 0,
 ) -> ClientResult:
     """Send ``requests`` once per (old seed, new seed) stamp, at most ``concurrency`` in flight, paced at
     ``rate_rps`` when given, stopping early after ``duration_s``. Retryable refusals are retried after 50 ms."""
@@ -252,7 +287,9 @@ def _send_all(
         res.t_start = time.monotonic()
         i = 0
         for old, new in stamps:
-            for base in requests:
+            # Each round's spans move to the clock's time (the newest starting now), as a live service's would.
+            shift = time.time_ns() - built_ns if times is not None and old != new else 0
+            for j, base in enumerate(requests):
                 now = time.monotonic()
                 if duration_s is not None and now - res.t_start >= duration_s:
                     break
@@ -260,7 +297,7 @@ def _send_all(
                     delay = res.t_start + i / rate_rps - now
                     if delay > 0:
                         time.sleep(delay)
-                body = base if old == new else restamp(base, old, new)
+                body = base if old == new else restamp(base, old, new, times[j] if times else None, shift)
                 slots.acquire()
                 with lock:
                     outstanding[0] += 1
@@ -279,7 +316,12 @@ def _client_main(conn: Any, workloads: list[Workload], cpus: set[int] | None) ->
     """Child process: build every workload first (untimed), report ready, then run each send command."""
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
-    built = [build_requests(w) for w in workloads]
+    built_ns: list[int] = []
+    built: list[list[bytes]] = []
+    for w in workloads:
+        built_ns.append(time.time_ns())  # what build_requests takes as now
+        built.append(build_requests(w))
+    times = [[time_fields(b) for b in bodies] for bodies in built]
     conn.send(("ready", [len(b) for b in built]))
     next_seed = 0x100000  # above every workload's own seed: restamped traces never collide with other runs
     while True:
@@ -290,7 +332,8 @@ def _client_main(conn: Any, workloads: list[Workload], cpus: set[int] | None) ->
         w = workloads[index]
         stamps = [(w.seed, w.seed)] if rounds == 0 else [(w.seed, next_seed + r) for r in range(rounds)]
         next_seed += max(rounds, 0)
-        conn.send(_send_all(target, built[index], w.spans_per_request, concurrency, rate_rps, stamps, duration_s))
+        conn.send(_send_all(target, built[index], w.spans_per_request, concurrency, rate_rps, stamps, duration_s,
+                             times[index], built_ns[index]))
 
 
 class LoadClient:

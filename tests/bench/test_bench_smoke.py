@@ -65,3 +65,27 @@ def test_budget_check_smoke() -> None:
     m = re.search(r"budget_check: calls=20000 tenants=50 generate_s=\S+ p50_ms=([\d.]+) p99_ms=([\d.]+)", out)
     assert m, out
     assert float(m.group(1)) <= float(m.group(2))
+
+
+def test_restamp_gives_new_traces_and_calls_at_the_clocks_time() -> None:
+    """A restamped request is the same spans with new trace ids, new response ids and every start/end moved by
+    the shift (what a long run needs so that its traffic's times advance with the clock)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from bench._load import Workload, build_requests, restamp, time_fields
+
+    w = Workload(2, trace_size=10, spans_per_request=64, seed=3)
+    body = build_requests(w)[1]
+    shift = 3_600_000_000_123
+    before = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+    after = ExportTraceServiceRequest.FromString(
+        restamp(body, 3, 0x100001, time_fields(body), shift)).resource_spans[0].scope_spans[0].spans
+    assert len(after) == len(before) == 64
+    for a, b in zip(after, before, strict=True):
+        assert a.start_time_unix_nano == b.start_time_unix_nano + shift
+        assert a.end_time_unix_nano == b.end_time_unix_nano + shift
+        assert a.trace_id != b.trace_id and a.trace_id[4:] == b.trace_id[4:] and a.span_id == b.span_id
+        assert [x.value for x in a.attributes if x.key != "gen_ai.response.id"] == \
+            [x.value for x in b.attributes if x.key != "gen_ai.response.id"]
+    ids = [x.value.string_value for x in after[1].attributes if x.key == "gen_ai.response.id"]
+    assert ids and ids[0].startswith("resp-00100001-")
