@@ -122,9 +122,30 @@ def decode_any_value(raw: bytes) -> AttrValue:
             return d if math.isfinite(d) else str(d)
         elif tag == 0x10 and n == 2 and raw[1] < 2:  # bool_value (field 2, varint)
             return raw[1] == 1
+        elif tag == 0x2A and n < 130 and raw[1] == n - 2:  # array_value (field 5): short strings only, e.g.
+            strings = _short_strings(raw, n)  # gen_ai.response.finish_reasons on every call
+            if strings is not None:
+                return strings
     v = _AnyValue()
     v.ParseFromString(raw)
     return any_value(v)
+
+
+def _short_strings(raw: bytes, n: int) -> list[str] | None:
+    """The values of an encoded ArrayValue (``values`` = field 1, each an AnyValue) when every one is a
+    string_value shorter than 126 bytes; None for anything else (protobuf reads those)."""
+    out: list[str] = []
+    i = 2
+    while i < n:
+        if i + 3 >= n or raw[i] != 0x0A or raw[i + 2] != 0x0A:
+            return None
+        size, inner = raw[i + 1], raw[i + 3]
+        end = i + 2 + size
+        if size >= 0x80 or inner != size - 2 or end > n:
+            return None
+        out.append(raw[i + 4:end].decode())
+        i = end
+    return out
 
 
 def any_value(v: Any) -> AttrValue:

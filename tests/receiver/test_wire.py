@@ -27,12 +27,20 @@ def _values() -> list[AnyValue]:
            AnyValue(double_value=math.inf), AnyValue(bytes_value=b"\x00\xff")]
     for n in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**31, 2**63 - 1, -1, -(2**63)):
         out.append(AnyValue(int_value=n))
-    arr = AnyValue()
-    arr.array_value.values.add(string_value="stop")
-    arr.array_value.values.add(int_value=3)
+    arrays: list[list[str | int]] = [[], ["stop"], ["stop", "length"], [""], ["x" * 125], ["x" * 126], ["é" * 40],
+                                     ["stop", 3], ["a"] * 30]
+    for items in arrays:
+        arr = AnyValue()
+        arr.array_value.SetInParent()
+        for item in items:
+            if isinstance(item, str):
+                arr.array_value.values.add(string_value=item)
+            else:
+                arr.array_value.values.add(int_value=item)
+        out.append(arr)
     kv = AnyValue()
     kv.kvlist_value.values.add(key="k", value=AnyValue(string_value="v"))
-    return [*out, arr, kv]
+    return [*out, kv]
 
 
 @pytest.mark.parametrize("value", _values(), ids=lambda v: str(v.WhichOneof("value")))
