@@ -52,6 +52,29 @@ def test_published_spans_equal_the_committed_rows(tmp_path: Path, baggage: str |
         assert sorted(spans, key=lambda s: s.seq) == published
 
 
+def test_segments_written_with_the_former_codec_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spool frames were zstd-compressed before 2026-12-01 and are LZ4 now: a spool left by the older version, with
+    both kinds of frames in one segment, reads back whole (Arrow IPC records the codec per buffer)."""
+    from receiver import _spool
+
+    filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS)
+    requests = _requests(filt)
+    monkeypatch.setattr(_spool, "_WRITE_OPTIONS", pa.ipc.IpcWriteOptions(compression="zstd"))
+    spool = Spool(tmp_path / "spool")
+    published: list[StagedSpan] = []
+    spool.subscribe(published.extend)
+    half = len(requests) // 2
+    for _, ex in requests[:half]:
+        spool.append(ex)
+    older = len(published)
+    monkeypatch.undo()
+    for _, ex in requests[half:]:
+        spool.append(ex)
+    spool.close()
+    assert 0 < older < len(published)
+    assert Spool(tmp_path / "spool").read_after(0, 1_000_000) == published
+
+
 def _requests(filt: AttributeFilter) -> list[tuple[str, Any]]:
     return [(name, extract(fixture_to_protobuf(load_fixture(name)), filt)) for name in fixture_names()]
 
