@@ -105,7 +105,7 @@ def decode_any_value(raw: bytes) -> AttrValue:
     protobuf. Raises UnicodeDecodeError for a string that is not UTF-8, DecodeError for bytes that are not an
     AnyValue."""
     n = len(raw)
-    if n:
+    if n > 1:  # every fast path reads at least two bytes; shorter input (hostile or truncated) goes to protobuf
         tag = raw[0]
         if tag == 0x0A and n < 130 and raw[1] == n - 2:  # string_value (field 1, length-delimited), length < 128
             return raw[2:].decode()

@@ -7,6 +7,9 @@ import json
 import math
 
 import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -95,3 +98,31 @@ def test_the_view_keeps_what_protobuf_keeps_and_its_text_does_not_depend_on_orde
                                           "gen_ai.usage.input_tokens": 532, "gen_ai.request.temperature": 0.2}
     assert json.loads(forward.attributes[2]) == forward.attribute_dicts[2]
     assert forward.span_id == [f"{i:016x}" for i in (1, 2, 3)] and forward.kind == [3, 3, 3]
+
+
+def _protobuf_reading(raw: bytes) -> object:
+    try:
+        return any_value(AnyValue.FromString(raw))
+    except DecodeError:
+        return DecodeError
+
+
+def _our_reading(raw: bytes) -> object:
+    try:
+        return decode_any_value(raw)
+    except (DecodeError, UnicodeDecodeError):
+        return DecodeError
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=st.binary(max_size=12) | st.sampled_from([b"\x0a", b"\x2a", b"\x18", b"\x21", b"\x10", b"\x0a\x01",
+                                                      b"\x18\x80", b"\x2a\x02\x0a\x00", b"\x0a\x02\xc3\x28"])
+       | st.builds(lambda v, cut: v.SerializeToString()[:cut], st.sampled_from(_values()), st.integers(0, 140)))
+def test_any_bytes_read_as_protobuf_reads_them_or_are_refused_as_it_refuses_them(raw: bytes) -> None:
+    """Truncated and hostile encodings included: the fast paths never read what protobuf would refuse, never
+    crash, and give protobuf's value when they answer."""
+    got, want = _our_reading(raw), _protobuf_reading(raw)
+    if isinstance(want, float) and math.isnan(want):
+        assert isinstance(got, float) and math.isnan(got)
+    else:
+        assert got == want and type(got) is type(want), raw
