@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from receiver._errors import InvalidRequest, RequestTooLarge
 from receiver._model import AttrValue, SpanEvent, SpanLink
-from receiver._wire import any_value, decode_any_value, wire_from_request, wire_request
+from receiver._wire import WireRequest, any_value, decode_any_value, wire_from_request
 
 # Attribute families that mark a span as GenAI (semconv gen_ai.*, OpenLLMetry llm.*/traceloop.*,
 # OpenInference llm.*/openinference.*/embedding.*, Vercel AI SDK ai.*).
@@ -135,21 +135,21 @@ class Extracted:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def decode_wire(body: bytes) -> Any:
-    """A protobuf body -> the attribute-map view that ``extract`` reads fastest (receiver._wire)."""
+def _parse(message: Any, body: bytes) -> Any:
+    """``body`` parsed as ``message`` (a protobuf class); a body protobuf refuses is an InvalidRequest."""
     try:
-        return wire_request(body)
+        return message.FromString(body)
     except (DecodeError, ValueError, RuntimeError) as e:
         raise InvalidRequest(f"request body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from e
+
+
+def decode_wire(body: bytes) -> Any:
+    """A protobuf body -> the attribute-map view that ``extract`` reads fastest (receiver._wire)."""
+    return _parse(WireRequest, body)
 
 
 def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
-    req = ExportTraceServiceRequest()
-    try:
-        req.ParseFromString(body)
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise InvalidRequest(f"request body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from e
-    return req
+    return _parse(ExportTraceServiceRequest, body)  # type: ignore[no-any-return]
 
 
 _ID_FIELDS = (("traceId", 16), ("spanId", 8), ("parentSpanId", 8))

@@ -10,7 +10,6 @@ import struct
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
@@ -87,11 +86,6 @@ def _request_class() -> Any:
 WireRequest: Any = _request_class()
 _AnyValue = common_pb2.AnyValue
 _DOUBLE = struct.Struct("<d")
-
-
-def wire_request(body: bytes) -> Any:
-    """Parse an ExportTraceServiceRequest body into the attribute-map view; DecodeError as protobuf raises it."""
-    return WireRequest.FromString(body)
 
 
 def wire_from_request(req: trace_service_pb2.ExportTraceServiceRequest) -> Any:
@@ -171,4 +165,4 @@ def any_value(v: Any) -> AttrValue:
     return None
 
 
-__all__ = ["DecodeError", "WireRequest", "any_value", "decode_any_value", "wire_from_request", "wire_request"]
+__all__ = ["WireRequest", "any_value", "decode_any_value", "wire_from_request"]
