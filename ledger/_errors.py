@@ -29,4 +29,5 @@ class LedgerNotFound(LedgerError):
 
 
 class LedgerInvalidated(LedgerError):
-    """DuckDB invalidated the ledger (a checkpoint failed): it refuses every read and write until reopened."""
+    """DuckDB invalidated the ledger (a checkpoint failed), or the file could not be attached again: every read and
+    write fails until the server reopens it."""

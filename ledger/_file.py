@@ -1,9 +1,14 @@
-"""The serving process's connection to the ledger file: attached with a small row group, and cursors that start
-in it (a cursor of a DuckDB connection starts in the connection's default database, here an in-memory one)."""
+"""The serving process's connection to the ledger file: attached with a small row group, cursors that start in it
+(a cursor of a DuckDB connection starts in the connection's default database, here an in-memory one), and the gate
+that lets the file be detached and attached again while the server runs."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -27,20 +32,35 @@ class Cursors(Protocol):
 
 
 class LedgerFile:
-    """The ledger file, attached read-write. Threading: ``cursor`` from any thread; each caller owns its cursor.
-    ``con`` is the root connection (settings, shutdown checkpoint), already pointed at the ledger."""
+    """The ledger file, attached read-write. ``con`` is the root connection (settings, shutdown checkpoint), already
+    pointed at the ledger.
+
+    Threading: ``cursor`` from any thread; each caller owns its cursor. Every use of a cursor that may overlap a
+    ``reattach`` (any thread but the caller of ``reattach``) runs inside ``use()``: any number at once, and reentrant
+    within a thread. ``reattach`` waits until no thread is inside ``use()`` and keeps new ones out while it runs;
+    its caller must not be inside ``use()`` itself."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self.con = duckdb.connect()
         try:
-            quoted = str(path).replace("'", "''")
-            self.con.execute(f"ATTACH '{quoted}' AS {CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
-            self.con.execute(f"USE {CATALOG}")
+            self._attach()
         except BaseException:
             self.con.close()
             raise
         self._lock = threading.Lock()
+        self._gate = threading.Condition()
+        self._users = 0
+        self._closing = False
+        self._held = threading.local()  # how deep this thread is inside use()
+        self.reattaches = 0
+        self._lost: str | None = None  # why the file is not attached (a failed reattach), else None
         self._probe = self.cursor()
+
+    def _attach(self) -> None:
+        quoted = str(self._path).replace("'", "''")
+        self.con.execute(f"ATTACH '{quoted}' AS {CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        self.con.execute(f"USE {CATALOG}")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
@@ -48,13 +68,70 @@ class LedgerFile:
         cur.execute(f"USE {CATALOG}")
         return cur
 
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        """Hold the ledger attached for the block (see the class's threading note)."""
+        depth = getattr(self._held, "depth", 0)
+        if depth == 0:
+            with self._gate:
+                while self._closing:
+                    self._gate.wait()
+                self._users += 1
+        self._held.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._held.depth = depth
+            if depth == 0:
+                with self._gate:
+                    self._users -= 1
+                    if self._users == 0:
+                        self._gate.notify_all()
+
+    def reattach(self, wait_s: float = 5.0) -> bool:
+        """Detach the ledger file and attach it again; False (nothing done) if its users did not all leave within
+        ``wait_s``. DuckDB keeps the metadata of every row group it has written (column segments and their
+        statistics, ~7 bytes a call with the ledger's row groups) in the C++ heap for as long as the file is
+        attached: in a server that runs for months that alone grows without bound (bench/README.md, 2026-12-01
+        12:40). Detaching gives it back (and checkpoints the WAL); cursors keep working once the file is attached
+        again under the same name, and read the metadata they need lazily. The buffer cache starts empty."""
+        deadline = time.monotonic() + wait_s
+        with self._gate:
+            self._closing = True
+            try:
+                while self._users:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._gate.wait(left)
+                self.con.execute("USE memory")
+                self.con.execute(f"DETACH {CATALOG}")
+                try:
+                    self._attach()
+                except duckdb.Error as e:
+                    # Nothing committed is lost (it is in the file); the server stops and a restart attaches it.
+                    self._lost = str(e).splitlines()[0]
+                    raise
+                self.reattaches += 1
+                return True
+            finally:
+                self._closing = False
+                self._gate.notify_all()
+
     def check(self) -> None:
         """Raise LedgerInvalidated if DuckDB has invalidated the ledger. After a failed checkpoint DuckDB refuses
         every statement on the database ("has been invalidated ... Detach and reattach it"; FatalException when
         it is not attached); what was committed is in the file and its WAL, replayed when it is opened again.
         Other errors are not this check's business and are ignored. Threading: one caller at a time."""
+        if self._lost is not None:
+            raise LedgerInvalidated(
+                f"the ledger file could not be attached again ({self._lost})",
+                "restart `tenantledger serve`: every acknowledged span is in the ledger file or its spool and is "
+                "settled again at start",
+            )
         try:
-            self._probe.execute("SELECT count(*) FROM duckdb_databases()").fetchall()  # touches every attached one
+            with self.use():
+                self._probe.execute("SELECT count(*) FROM duckdb_databases()").fetchall()  # every attached one
         except duckdb.Error as e:
             if isinstance(e, duckdb.FatalException) or "invalidated" in str(e):
                 first = str(e).splitlines()[0]
@@ -63,3 +140,8 @@ class LedgerFile:
                     "restart `tenantledger serve` (under a supervisor it restarts by itself): every acknowledged "
                     "span is in the ledger file or its WAL and is settled again at start",
                 ) from e
+
+
+def guard(con: object) -> AbstractContextManager[object]:
+    """``con.use()`` for a LedgerFile (see there); nothing to hold for a plain DuckDB connection."""
+    return con.use() if isinstance(con, LedgerFile) else nullcontext()

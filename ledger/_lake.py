@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger._errors import LedgerError, LedgerNotFound, QueryError
-from ledger._file import Cursors
+from ledger._file import Cursors, guard
 from ledger._focus import FOCUS_VIEW_SQL
 from ledger._query import QueryResult, check_read_only, harden, run_query
 from ledger._schema import CALLS_DDL
@@ -262,6 +262,7 @@ class LakePublisher:
         span_rows: SpanRows,
     ) -> None:
         self._cfg = cfg
+        self._src = local
         self._local = local.cursor()
         self.instance_id = instance_id
         self._resettle = resettle
@@ -294,7 +295,8 @@ class LakePublisher:
             pass
 
     def backlog(self) -> int:
-        row = next(iter(self._local.execute("SELECT count(*) FROM lake_outbox").fetchall()), None)
+        with guard(self._src):
+            row = next(iter(self._local.execute("SELECT count(*) FROM lake_outbox").fetchall()), None)
         return int(row[0]) if row else 0
 
     def _loop(self) -> None:
@@ -312,27 +314,29 @@ class LakePublisher:
             t0 = time.monotonic()
             cur = self._local
             # One local snapshot: the outbox versions and the rows they stand for are read together, so a trace
-            # re-settled meanwhile keeps a newer version and is published again.
-            cur.execute("BEGIN TRANSACTION")
-            try:
-                outbox = cur.execute(
-                    "SELECT trace_id, version FROM lake_outbox ORDER BY version LIMIT ?",
-                    [self._cfg.publish_batch_traces],
-                ).fetch_arrow_table()
-                if outbox.num_rows == 0:
-                    return 0
-                cur.register("_pub", outbox)
+            # re-settled meanwhile keeps a newer version and is published again. The ledger is held attached for the
+            # local reads and the delete below, not for the write to the lake between them.
+            with guard(self._src):
+                cur.execute("BEGIN TRANSACTION")
                 try:
-                    calls = cur.execute("SELECT * FROM calls WHERE trace_id IN (SELECT trace_id FROM _pub)"
-                                        ).fetch_arrow_table()
-                    frags = cur.execute(
-                        "SELECT trace_id, request_id, tenant_id, user_id, unresolved_links, span_count, settled_at, "
-                        "first_seq, last_seq FROM traces WHERE trace_id IN (SELECT trace_id FROM _pub)"
+                    outbox = cur.execute(
+                        "SELECT trace_id, version FROM lake_outbox ORDER BY version LIMIT ?",
+                        [self._cfg.publish_batch_traces],
                     ).fetch_arrow_table()
+                    if outbox.num_rows == 0:
+                        return 0
+                    cur.register("_pub", outbox)
+                    try:
+                        calls = cur.execute("SELECT * FROM calls WHERE trace_id IN (SELECT trace_id FROM _pub)"
+                                            ).fetch_arrow_table()
+                        frags = cur.execute(
+                            "SELECT trace_id, request_id, tenant_id, user_id, unresolved_links, span_count, "
+                            "settled_at, first_seq, last_seq FROM traces WHERE trace_id IN (SELECT trace_id FROM _pub)"
+                        ).fetch_arrow_table()
+                    finally:
+                        cur.unregister("_pub")
                 finally:
-                    cur.unregister("_pub")
-            finally:
-                cur.execute("COMMIT")
+                    cur.execute("COMMIT")
             # The spans as they were settled: within the sequence numbers the ledger recorded for these traces
             # (the whole spool only for traces settled before those were recorded).
             known = frags.num_rows == outbox.num_rows and frags.column("first_seq").null_count == 0
@@ -343,12 +347,13 @@ class LakePublisher:
             ids = pa.table({"trace_id": outbox.column("trace_id")})
             self._write_instance_rows(ids, calls, frags, spans)
             merged = self._merge_split_traces(ids)
-            cur.register("_done", outbox)
-            try:
-                cur.execute("DELETE FROM lake_outbox WHERE EXISTS (SELECT 1 FROM _done d "
-                            "WHERE d.trace_id = lake_outbox.trace_id AND d.version = lake_outbox.version)")
-            finally:
-                cur.unregister("_done")
+            with guard(self._src):
+                cur.register("_done", outbox)
+                try:
+                    cur.execute("DELETE FROM lake_outbox WHERE EXISTS (SELECT 1 FROM _done d "
+                                "WHERE d.trace_id = lake_outbox.trace_id AND d.version = lake_outbox.version)")
+                finally:
+                    cur.unregister("_done")
             self.stats.traces_published += outbox.num_rows
             self.stats.traces_merged += merged
             self.stats.last_publish_s = time.monotonic() - t0

@@ -5,14 +5,17 @@ transaction, replacing a re-settled trace's earlier rows so that a correction is
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger._file import Cursors
+from ledger._file import Cursors, LedgerFile, guard
 from ledger._schema import CALLS_DDL
 from ledger._seen import TimedFilter
 from ledger._views import create_views
@@ -65,7 +68,13 @@ FILTER_KEYS = 1 << 23  # 32 MiB a filter
 TRACE_WINDOW = dt.timedelta(days=1)
 
 
+# Re-attaching waits this long for the file's users to leave, and when they did not, is tried again this much later.
+REATTACH_WAIT_S = 1.0
+REATTACH_RETRY_S = 30.0
+
 _EPOCH = dt.datetime(1970, 1, 1)
+
+log = logging.getLogger("tenantledger.ledger")
 
 
 def _ns(t: dt.datetime | dt.timedelta) -> int:
@@ -102,10 +111,18 @@ class Ledger:
     write runs: they read through their own cursor, so they see what the last committed write left and wait only
     for each other, not for a write's transaction. Query APIs open their own cursors (see ``ledger.query``)."""
 
-    def __init__(self, con: Cursors, *, outbox: bool = False, filter_keys: int | None = None) -> None:
+    def __init__(self, con: Cursors, *, outbox: bool = False, filter_keys: int | None = None,
+                 reattach_after_calls: int = 0) -> None:
         """``filter_keys``: keys held by each of the in-memory filters (dedup keys, settled traces), 4 bytes a
-        key, allocated here; FILTER_KEYS if None."""
+        key, allocated here; FILTER_KEYS if None. ``reattach_after_calls``: with a LedgerFile, re-attach it (see
+        LedgerFile.reattach) on the writing thread, between writes, once this many calls were written since it
+        was attached; 0: never."""
         self._filter_keys = FILTER_KEYS if filter_keys is None else filter_keys
+        self._src = con
+        self._file = con if isinstance(con, LedgerFile) else None
+        self._reattach_after = reattach_after_calls
+        self._written_since_attach = 0
+        self._reattach_not_before = 0.0
         self._con = con.cursor()
         self._lock = threading.Lock()  # the write cursor: one transaction at a time
         self._reader = con.cursor()
@@ -176,7 +193,7 @@ class Ledger:
                                latest - SEEN_KEYS_KEEP, SEEN_KEYS_KEEP)
 
     def watermark(self) -> int:
-        with self._read_lock:
+        with guard(self._src), self._read_lock:
             rows = self._reader.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall()
             row = rows[0] if rows else None
         return int(row[0]) if row else 0
@@ -185,7 +202,7 @@ class Ledger:
         """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
         ``ledger.serve_duckdb_memory_limit_mib``) and the filters of recent dedup keys and settled traces (fixed at
         start by ``filter_keys``): where a server's memory goes."""
-        with self._read_lock:
+        with guard(self._src), self._read_lock:
             rows = self._reader.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()
         with self._filters_lock:
             filters = self._seen.nbytes + self._traces.nbytes
@@ -193,7 +210,7 @@ class Ledger:
 
     def _ask(self, sql: str, ids: Sequence[str]) -> list[Any]:
         """``sql`` (which selects from ``_ask``, a table of the trace ids ``ids``) on the read cursor."""
-        with self._read_lock:
+        with guard(self._src), self._read_lock:
             self._reader.register("_ask", pa.table({"trace_id": pa.array(list(ids), pa.string())}))
             try:
                 return self._reader.execute(sql).fetchall()
@@ -271,7 +288,7 @@ class Ledger:
             tables.append(("_keys", keys))  # a fresh settlement looks up only the filter's candidates (_maybe)
         if links.num_rows:
             tables.append(("_links", links))
-        with self._lock:
+        with guard(self._src), self._lock:
             for name, tbl in tables:
                 con.register(name, tbl)
             try:
@@ -341,3 +358,27 @@ class Ledger:
                     con.unregister(name)
                 if touched == "_maybe":
                     con.unregister("_maybe")
+        self._written_since_attach += calls.num_rows
+        if (self._file is not None and 0 < self._reattach_after <= self._written_since_attach
+                and time.monotonic() >= self._reattach_not_before):
+            self._reattach()
+
+    def _reattach(self) -> None:
+        """Give back DuckDB's metadata of the row groups written since the file was attached (LedgerFile.reattach).
+        After the write has committed: a failure here loses nothing (the server stops; see LedgerFile.check)."""
+        assert self._file is not None
+        t0 = time.perf_counter()
+        try:
+            # A short wait: meanwhile new readers (the settler's look-ups, queries) wait too.
+            done = self._file.reattach(wait_s=REATTACH_WAIT_S)
+        except duckdb.Error:
+            # Not raised to the writer: its settlement committed. LedgerFile.check reports the ledger lost.
+            log.exception("could not re-attach the ledger file")
+            return
+        if done:
+            log.info("re-attached the ledger file after %d calls written (%.0f ms)", self._written_since_attach,
+                     (time.perf_counter() - t0) * 1000)
+            self._written_since_attach = 0
+        else:  # a long query (an export) holds the file: try again later, not after every write
+            self._reattach_not_before = time.monotonic() + REATTACH_RETRY_S
+            log.debug("re-attaching the ledger file waits for the queries that hold it")

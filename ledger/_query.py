@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import duckdb
 
 from ledger._errors import LedgerLocked, LedgerNotFound, QueryError, ReadOnlyViolation
-from ledger._file import Cursors
+from ledger._file import Cursors, guard
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -114,9 +115,16 @@ class QueryService:
         with self._lock:
             return self._con.cursor()
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own for the block, with the ledger held attached meanwhile (LedgerFile.use)."""
+        with guard(self._con):
+            cur = self.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
     def query(self, sql: str, max_rows: int = 100_000, params: Sequence[Any] | None = None) -> QueryResult:
-        cur = self.cursor()
-        try:
+        with self.session() as cur:
             return run_query(cur, sql, max_rows, params)
-        finally:
-            cur.close()

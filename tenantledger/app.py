@@ -195,7 +195,8 @@ class Service:
             ) from e
         self.con = self.file.con
         shared = config.ledger.shared
-        self.ledger = Ledger(self.file, outbox=shared.enabled, filter_keys=config.ledger.key_filter_mib * 2**20 // 4)
+        self.ledger = Ledger(self.file, outbox=shared.enabled, filter_keys=config.ledger.key_filter_mib * 2**20 // 4,
+                             reattach_after_calls=config.ledger.reattach_after_calls)
         self.spool = Spool(spool_path(path), attribute_text=bool(self.workers))  # as the decoder's spans
         moved = move_staging_table(self.con, self.spool)
         if moved:
@@ -206,7 +207,7 @@ class Service:
         # The anomaly view bakes in the configured method parameters (README: spend anomalies).
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
-        self.budgets = BudgetMonitor(config.budgets, self.file.cursor())
+        self.budgets = BudgetMonitor(config.budgets, self.file.cursor(), guard=self.file.use)
         duckdb_mib = config.ledger.serve_duckdb_memory_limit_mib
         if config.receiver.memory_limit_mib:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
@@ -398,15 +399,12 @@ class Service:
         """Read-only queries for one principal: everything for an operator, scoped views for a tenant token."""
 
         def q(sql: str, params: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-            cur = self.queries.cursor()
-            try:
+            with self.queries.session() as cur:
                 if tenant is None:
                     r = run_query(cur, sql, 1_000_000, params)
                 else:
                     r = self.scoped.query(cur, tenant, sql, 1_000_000, params)
                 return r.columns, r.rows
-            finally:
-                cur.close()
 
         return q
 
@@ -512,11 +510,8 @@ class Service:
         from tenantledger._metrics import CONTENT_TYPE, PipelineCollector, render
 
         def query(sql: str, params: list[object]) -> list[tuple[object, ...]]:
-            cur = self.queries.cursor()
-            try:
+            with self.queries.session() as cur:
                 return cur.execute(sql, params).fetchall()
-            finally:
-                cur.close()
 
         levels = {"ok": 0.0, "warn": 1.0, "over": 2.0}
 
@@ -549,15 +544,13 @@ class Service:
                 raise ValueError("format must be csv or parquet")
         except (ValueError, KeyError, TypeError) as e:
             return _json(400, {"ok": False, "error": f"bad export request: {e}"})
-        cur = self.queries.cursor()
         try:
-            data, summary = export_archive(cur, start, end, fmt, str(doc.get("name", "")),
-                                           self.config.ledger.billing_account_id,
-                                           self.config.ledger.billing_account_name)
+            with self.queries.session() as cur:
+                data, summary = export_archive(cur, start, end, fmt, str(doc.get("name", "")),
+                                               self.config.ledger.billing_account_id,
+                                               self.config.ledger.billing_account_name)
         except LedgerError as e:
             return _json(400, {"ok": False, "error": e.message, "hint": e.hint})
-        finally:
-            cur.close()
         return HttpResponse(200, data, "application/x-tar", {"X-Export-Summary": json.dumps(summary)})
 
     def _sql_route(self, req: HttpRequest) -> HttpResponse:
@@ -578,11 +571,8 @@ class Service:
             if who is None:
                 result = self.queries.query(sql, max_rows, params)
             else:
-                cur = self.queries.cursor()
-                try:
+                with self.queries.session() as cur:
                     result = self.scoped.query(cur, who, sql, max_rows, params)
-                finally:
-                    cur.close()
         except LedgerError as e:
             return _json(400, {"ok": False, "error": e.message, "hint": e.hint})
         except ValueError as e:

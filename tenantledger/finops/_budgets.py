@@ -10,6 +10,8 @@ import logging
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -211,9 +213,12 @@ class BudgetMonitor:
     pending webhook deliveries are rows of ``budget_alerts`` in the ledger, so they survive a restart.
     """
 
-    def __init__(self, cfg: BudgetsConfig, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, cfg: BudgetsConfig, con: duckdb.DuckDBPyConnection,
+                 guard: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
+        """``guard``: held around each use of ``con`` (the serving ledger's ``LedgerFile.use``)."""
         self.cfg = cfg
         self._con = con
+        self._guard = guard
         self._con.execute(ALERTS_DDL)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,7 +252,7 @@ class BudgetMonitor:
 
     def check(self, now: dt.datetime) -> list[dict[str, Any]]:
         """One pass: evaluate every tenant, record and announce the crossings not fired before."""
-        with self._lock:
+        with self._guard(), self._lock:
             states = evaluate(self.cfg, spend_now(self._query, now), now)
             self.states = states
             fired: list[dict[str, Any]] = []
@@ -279,6 +284,10 @@ class BudgetMonitor:
         wh = self.cfg.webhook
         if wh.url is None:
             return 0
+        with self._guard():
+            return self._deliver(now, wh, wh.url)
+
+    def _deliver(self, now: dt.datetime, wh: WebhookConfig, url: str) -> int:
         due = self._con.execute(
             "SELECT tenant_id, period, period_start, threshold, threshold_pct, spend_usd, limit_usd, fired_at, "
             "attempts FROM budget_alerts WHERE delivered_at IS NULL AND attempts < ? AND next_attempt_at <= ? "
@@ -291,7 +300,7 @@ class BudgetMonitor:
             attempts = int(row[8]) + 1
             try:
                 req = urllib.request.Request(
-                    wh.url, data=json.dumps(alert_payload(row)).encode(),
+                    url, data=json.dumps(alert_payload(row)).encode(),
                     headers={"Content-Type": "application/json", "User-Agent": "tenantledger"},
                 )
                 with urllib.request.urlopen(req, timeout=wh.timeout_s) as resp:

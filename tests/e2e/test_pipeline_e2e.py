@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,67 @@ def test_job_trace_inherits_tenant_through_span_link(server_factory: Any) -> Non
     assert srv.stop() == 0
     rows = srv.query("SELECT tenant_id, tenant_source, request_id, user_id FROM llm_calls")
     assert rows == [("acme", "link", f"{enqueue_ctx.trace_id:032x}-{enqueue_ctx.span_id:016x}", "u-1")]
+
+
+def test_a_server_that_reattaches_its_ledger_loses_nothing_and_answers_queries_meanwhile(server_factory: Any) -> None:
+    """ledger.reattach_after_calls set low, so the server re-attaches its ledger file many times while the real
+    OTLP exporter sends traces and a client keeps querying it over SQL and /metrics: every query answers, and
+    every call is in the ledger once, attributed."""
+    import threading
+    import urllib.request
+
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    srv = server_factory({"ledger": {"reattach_after_calls": 25}})
+    failures: list[str] = []
+    answered = [0]
+    done = threading.Event()
+
+    def client() -> None:
+        body = json.dumps({"sql": "SELECT count(*), coalesce(sum(input_tokens), 0) FROM llm_calls"}).encode()
+        while not done.is_set():
+            for path, data in (("/v1/sql", body), ("/metrics", None)):
+                req = urllib.request.Request(srv.http + path, data=data, headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        r.read()
+                        answered[0] += 1
+                except Exception as e:  # any refusal is a failure of the test
+                    failures.append(f"{path}: {e}")
+
+    q = threading.Thread(target=client)
+    q.start()
+    provider = TracerProvider(resource=Resource.create({"service.name": "api"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=srv.grpc, insecure=True),
+                                                   schedule_delay_millis=50, max_export_batch_size=64))
+    tracer = provider.get_tracer("t")
+    traces, calls_each = 60, 4
+    for i in range(traces):
+        with tracer.start_as_current_span("POST /chat", kind=SpanKind.SERVER,
+                                          attributes={"tenant.id": f"tenant-{i % 3}"}):
+            for _ in range(calls_each):
+                with tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT, attributes={
+                        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                        "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 100,
+                        "gen_ai.usage.output_tokens": 10}):
+                    pass
+        if i % 10 == 9:
+            provider.force_flush()
+            time.sleep(0.4)  # past the settle wait: the server writes (and re-attaches) while traffic goes on
+    provider.force_flush()
+    provider.shutdown()
+    time.sleep(1.0)
+    done.set()
+    q.join(60)
+    assert srv.stop() == 0
+    assert not failures, failures[:5]
+    assert answered[0] > 0
+    reattached = [line for line in "".join(srv.output).splitlines() if "re-attached the ledger file" in line]
+    assert len(reattached) >= 3, "".join(srv.output)[-3000:]
+    rows = srv.query("SELECT tenant_id, count(*), sum(input_tokens) FROM llm_calls GROUP BY 1 ORDER BY 1")
+    assert rows == [(f"tenant-{t}", traces // 3 * calls_each, traces // 3 * calls_each * 100) for t in range(3)]
+    assert srv.query("SELECT count(*) FROM traces") == [(traces,)]

@@ -59,3 +59,143 @@ def test_check_reports_a_ledger_that_duckdb_invalidated_and_the_committed_rows_s
     again = LedgerFile(path)
     assert again.cursor().execute("SELECT count(*) FROM t").fetchall() == [(1000,)]
     again.check()
+
+
+def _glibc_in_use() -> int | None:
+    """Bytes glibc's malloc has handed out and not taken back (``mallinfo2``), or None where that is not glibc."""
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return int(fn().uordblks)
+
+
+def test_reattach_gives_back_the_row_group_metadata_and_keeps_every_row_and_cursor(tmp_path: Path) -> None:
+    """What re-attaching is for: DuckDB holds each written row group's metadata in the C++ heap while the file is
+    attached (~7 bytes a row of a wide table), so the heap grows with every row written; after a re-attach it is
+    back where it was after the previous one, however many rows were written between. The rows are all there and
+    cursors taken before it work."""
+    f = LedgerFile(tmp_path / "l.duckdb")
+    cur = f.cursor()
+    cols = ", ".join(f"c{i} VARCHAR" for i in range(30))
+    cur.execute(f"CREATE TABLE t (i BIGINT, {cols})")
+    values = ", ".join(f"'v' || (range % 991)::VARCHAR || '{i}'" for i in range(30))
+
+    def write(start: int, stop: int) -> None:
+        for lo in range(start, stop, 8_192):  # ledger-sized commits
+            cur.execute(f"INSERT INTO t SELECT range, {values} FROM range(?, ?)", [lo, lo + 8_192])
+
+    write(0, 24 * 8_192)
+    assert f.reattach()
+    settled = _glibc_in_use()  # DuckDB's own fixed allocations are made by now
+    write(24 * 8_192, 122 * 8_192)
+    grown = _glibc_in_use()
+    assert f.reattach()
+    after = _glibc_in_use()
+    assert f.reattaches == 2
+    n = 122 * 8_192
+    assert cur.execute("SELECT count(*), sum(i) FROM t").fetchall() == [(n, n * (n - 1) // 2)]
+    assert f.cursor().execute("SELECT current_database()").fetchall() == [("ledger",)]
+    f.check()
+    if settled is not None and grown is not None and after is not None:  # glibc
+        held = grown - settled
+        assert held > 3 << 20, f"800 000 rows held only {held} bytes of heap"
+        assert after - settled < held / 2, f"re-attaching gave back {grown - after} of {held} bytes"
+    f.con.close()
+
+
+def test_reattach_waits_for_the_users_of_the_ledger_and_keeps_new_ones_out_while_it_runs(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    f = LedgerFile(tmp_path / "l.duckdb")
+    f.cursor().execute("CREATE TABLE t (i INTEGER)")
+    inside, leave = threading.Event(), threading.Event()
+
+    def user() -> None:
+        with f.use():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=user)
+    t.start()
+    assert inside.wait(10)
+    t0 = time.monotonic()
+    assert not f.reattach(wait_s=0.2)  # a user holds it: nothing done
+    assert time.monotonic() - t0 >= 0.2 and f.reattaches == 0
+    f.cursor().execute("INSERT INTO t VALUES (1)")  # still attached
+    # A reattach that starts while a user is inside waits for it, and a user that comes meanwhile waits for the
+    # reattach; the holder may take the ledger again (reentrant) without waiting.
+    done: list[bool] = []
+    r = threading.Thread(target=lambda: done.append(f.reattach(wait_s=10)))
+    r.start()
+    while not f._closing:  # the reattach is waiting for the holder
+        time.sleep(0.01)
+    came: list[float] = []
+
+    def late_user() -> None:
+        with f.use():
+            came.append(time.monotonic())
+            assert f.cursor().execute("SELECT count(*) FROM t").fetchall() == [(1,)]
+
+    lu = threading.Thread(target=late_user)
+    lu.start()
+    time.sleep(0.2)
+    assert not came and not done  # both wait for the holder
+    t1 = time.monotonic()
+    leave.set()
+    t.join(10)
+    r.join(10)
+    lu.join(10)
+    assert done == [True] and len(came) == 1 and f.reattaches == 1
+    assert came[0] >= t1  # the late user came in only once the reattach was done
+    f.con.close()
+
+
+def test_use_is_reentrant_while_a_reattach_waits(tmp_path: Path) -> None:
+    """A thread inside use() that enters it again (a helper calling another) does not wait for a pending reattach,
+    which would wait for it in turn."""
+    import threading
+    import time
+
+    f = LedgerFile(tmp_path / "l.duckdb")
+    done: list[bool] = []
+    with f.use():
+        r = threading.Thread(target=lambda: done.append(f.reattach(wait_s=10)))
+        r.start()
+        while not f._closing:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with f.use():
+            f.cursor().execute("SELECT 1").fetchall()
+        assert time.monotonic() - t0 < 1
+    r.join(10)
+    assert done == [True]
+    f.con.close()
+
+
+def test_a_failed_reattach_is_reported_by_check_and_a_restart_finds_every_row(tmp_path: Path) -> None:
+    """If the file cannot be attached again (here: its path now names a directory), every use fails and check()
+    says so with the fix, as for an invalidated ledger; what was committed is in the file."""
+    path = tmp_path / "l.duckdb"
+    f = LedgerFile(path)
+    f.cursor().execute("CREATE TABLE t AS SELECT range AS i FROM range(1000)")
+    moved = tmp_path / "moved.duckdb"
+    f._path = tmp_path  # a directory: ATTACH fails for real
+    with pytest.raises(duckdb.Error):
+        f.reattach()
+    with pytest.raises(LedgerInvalidated) as e:
+        f.check()
+    assert "attached again" in e.value.message and e.value.hint and "restart" in e.value.hint
+    f.con.close()
+    assert not moved.exists()
+    again = LedgerFile(path)
+    assert again.cursor().execute("SELECT count(*) FROM t").fetchall() == [(1000,)]
+    again.check()
