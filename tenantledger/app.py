@@ -613,6 +613,7 @@ def _health(service: Service) -> dict[str, float]:
         "counter:spool_write_errors": service.spool.stats.write_errors,
         "gauge:duckdb_memory_bytes": memory["duckdb_cache"],
         "gauge:ledger_filter_bytes": memory["filters"],
+        "counter:ledger_reattaches": service.file.reattaches,
         **({
             "counter:lake_traces_published": service.lake.stats.traces_published,
             "counter:lake_traces_merged": service.lake.stats.traces_merged,

@@ -173,11 +173,16 @@ def test_a_server_that_reattaches_its_ledger_loses_nothing_and_answers_queries_m
     time.sleep(1.0)
     done.set()
     q.join(60)
+    with urllib.request.urlopen(srv.http + "/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    counted = [float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("tenantledger_ledger_reattaches_total ")]
     assert srv.stop() == 0
     assert not failures, failures[:5]
     assert answered[0] > 0
     reattached = [line for line in "".join(srv.output).splitlines() if "re-attached the ledger file" in line]
     assert len(reattached) >= 3, "".join(srv.output)[-3000:]
+    assert counted and counted[0] >= 3  # /metrics counts them too
     rows = srv.query("SELECT tenant_id, count(*), sum(input_tokens) FROM llm_calls GROUP BY 1 ORDER BY 1")
     assert rows == [(f"tenant-{t}", traces // 3 * calls_each, traces // 3 * calls_each * 100) for t in range(3)]
     assert srv.query("SELECT count(*) FROM traces") == [(traces,)]
