@@ -47,6 +47,7 @@ class Server:
     pending: list[int] = field(default_factory=list)
     duckdb_mib: list[float] = field(default_factory=list)
     filters_mib: list[float] = field(default_factory=list)
+    reattaches: list[int] = field(default_factory=list)
 
     def sql(self, query: str) -> list[list[object]]:
         req = urllib.request.Request(
@@ -72,6 +73,7 @@ class Server:
         self.pending.append(int(g.get("spans_pending", -1)))
         self.duckdb_mib.append(g.get("duckdb_memory_bytes", -1) / 2**20)
         self.filters_mib.append(g.get("ledger_filter_bytes", -1) / 2**20)
+        self.reattaches.append(int(g.get("ledger_reattaches_total", -1)))
 
     def settled_spans(self) -> int:
         return int(str(self.sql("SELECT coalesce(sum(span_count), 0) FROM traces")[0][0]))
@@ -316,9 +318,32 @@ def main(argv: list[str] | None = None) -> int:
                           + " ".join(f"{v:.0f}" for v in srv.duckdb_mib)
                           + " MiB; the ledger's key filters: " + " ".join(f"{v:.0f}" for v in srv.filters_mib)
                           + " MiB", flush=True)
+                    print(_after_reattaches(samples, srv.reattaches, warmup), flush=True)
     finally:
         client.close()
     return 0
+
+
+# How long after a re-attach of the ledger file (ledger.reattach_after_calls) RSS is below its plateau: DuckDB's
+# cache starts empty and refills with the blocks its checkpoints write (~15-45 s at 10 000 spans/s).
+REFILL_S = 60.0
+
+
+def _after_reattaches(samples: Sequence[tuple[float, float]], counts: Sequence[int], warmup: float) -> str:
+    """When the server re-attached its ledger file (gives back DuckDB's row-group metadata; the cache starts empty,
+    so RSS dips, then refills), and RSS after warm-up apart from the REFILL_S after each: a dip is memory given
+    back, not held; both figures are printed, the first one is the target's."""
+    times = [t for (t, _), n, prev in zip(samples[1:], counts[1:], counts, strict=False) if n > prev >= 0]
+    if not times:
+        return "re-attaches of the ledger file: none during the run"
+    # The first sample that shows a re-attach and those within REFILL_S of it are left out (and named).
+    out = [(t, v) for t, v in samples if t >= warmup and any(r <= t < r + REFILL_S for r in times)]
+    rest = [v for t, v in samples if t >= warmup and (t, v) not in out]
+    band = (f"min {min(rest):.0f} max {max(rest):.0f} MiB (spread {(max(rest) - min(rest)) / min(rest) * 100:.1f}%)"
+            if rest else "no sample left")
+    return (f"re-attaches of the ledger file: {counts[-1]} (first seen at " + ", ".join(f"{t:.0f}s" for t in times)
+            + f"); RSS after warm-up apart from the {REFILL_S:.0f} s from each (leaving out "
+            + (", ".join(f"{t:.0f}s:{v:.0f}" for t, v in out) or "no sample") + f"): {band}")
 
 
 def _trend(warm: Sequence[tuple[float, float]]) -> str:

@@ -104,8 +104,12 @@ class LedgerFile:
                     if left <= 0:
                         return False
                     self._gate.wait(left)
-                self.con.execute("USE memory")
-                self.con.execute(f"DETACH {CATALOG}")
+                self.con.execute("USE memory")  # a connection cannot detach its default database
+                try:
+                    self.con.execute(f"DETACH {CATALOG}")
+                except duckdb.Error:
+                    self.con.execute(f"USE {CATALOG}")  # still attached: the root connection's work stays there
+                    raise
                 try:
                     self._attach()
                 except duckdb.Error as e:

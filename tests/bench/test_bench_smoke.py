@@ -49,6 +49,27 @@ def test_ingest_smoke() -> None:
                      r"sample: [\d,]+.*; DuckDB's cache: [\d ]+ MiB; the ledger's key filters: 64( 64)* MiB", out)
     assert re.search(r"trend [+-]\d+\.\d MiB/min, median of the first third \d+, of the last third \d+ MiB|"
                      r"trend: too few samples", out)
+    assert "re-attaches of the ledger file: none during the run" in out  # 5 M calls by default
+
+
+def test_the_rss_band_apart_from_reattaches_names_the_samples_it_leaves_out() -> None:
+    """A re-attach empties DuckDB's cache, so RSS dips until it refills: the bench prints the band with and without
+    the minute from the first sample that shows one (by the server's counter), naming the samples left out."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        after = importlib.import_module("ingest")._after_reattaches
+    finally:
+        sys.path.remove(str(BENCH))
+    samples = [(30.0, 400.0), (60.0, 600.0), (90.0, 640.0), (120.0, 470.0), (150.0, 650.0), (180.0, 610.0),
+               (210.0, 630.0)]
+    line = after(samples, [0, 0, 0, 1, 1, 1, 1], 45.0)
+    assert line == ("re-attaches of the ledger file: 1 (first seen at 120s); RSS after warm-up apart from the 60 s "
+                    "from each (leaving out 120s:470, 150s:650): min 600 max 640 MiB (spread 6.7%)")
+    assert after(samples, [0] * 7, 45.0) == "re-attaches of the ledger file: none during the run"
+    assert after(samples, [-1] * 7, 45.0) == "re-attaches of the ledger file: none during the run"  # no counter
 
 
 def test_queries_smoke() -> None:
