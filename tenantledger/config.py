@@ -70,14 +70,17 @@ class LedgerConfig(_Strict):
     of calls at 10 000 a second, and the whole 2-hour dedup window below ~870 a second; beyond what it holds,
     older settlements are looked up in the ledger instead (correct, slower). Fixed, so that the server's memory
     does not rise as they fill (bench/README.md, 2026-12-01 18:30)."""
-    reattach_after_calls: int = Field(default=5_000_000, ge=0)
-    """In `serve`, detach the ledger file and attach it again after this many calls were written to it (0: never).
-    While a DuckDB file is attached, DuckDB keeps the metadata of each row group written (column segments and their
-    statistics) in the process's heap, ~7 bytes a call with the ledger's row groups, so a server that runs for
-    months would grow by that without bound (bench/README.md, 2026-12-01 12:40); re-attaching gives it back (5 M
-    calls: ~35 MiB). It takes a checkpoint and a fraction of a second, between two ledger writes (ingest goes on
-    into the spool; queries wait), and DuckDB's cache starts empty after it. A query that holds the ledger for
-    longer than a second (an export) puts it off by 30 s."""
+    reattach_after_calls: int = Field(default=0, ge=0)
+    """In `serve`, detach the ledger file and attach it again after this many calls were written to it (0: never,
+    the default). While a DuckDB file is attached, DuckDB keeps the metadata of each row group written (column
+    segments and their statistics) in the process's heap, ~7 bytes a call with the ledger's row groups, so a server
+    that runs for months grows by that (bench/README.md, 2026-12-01 12:40). Re-attaching gives it back, but DuckDB
+    1.5 (the pinned release) loads the metadata of a whole table again at the second checkpoint that table has after
+    it, so under steady writes the memory comes back within a minute; DuckDB 2.0 keeps it unloaded (bench/README.md,
+    2026-12-02), and the pin waits for the lake's extension wheels (docs/adr/0002). Hence off by default: each
+    re-attach takes a checkpoint and a fraction of a second between two ledger writes (ingest goes on into the
+    spool; queries wait), and DuckDB's cache starts empty after it. A query that holds the ledger for longer than a
+    second (an export) puts it off by 30 s."""
     shared: SharedLedgerConfig = SharedLedgerConfig()
     """Publish settled rows to a shared DuckLake that N instances write and any DuckDB reads (docs/scaling.md)."""
 
