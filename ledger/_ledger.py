@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from ledger._file import Cursors, LedgerFile, guard
 from ledger._schema import CALLS_DDL
 from ledger._seen import TimedFilter
+from ledger._totals import Key, SpendTotals, Totals, grouped_sql
 from ledger._views import create_views
 from processors import LinkedContext, Settlement
 
@@ -130,6 +131,9 @@ class Ledger:
         # The filters are read by the read helpers and updated by write, each for a few milliseconds at most.
         self._filters_lock = threading.Lock()
         self._outbox = outbox
+        # Totals per (tenant, provider, model) for /metrics: read from the ledger once, on first use, then kept by
+        # ``write`` (None until then: a ledger nobody scrapes pays nothing for them).
+        self._totals: SpendTotals | None = None
         self._con.execute(CALLS_DDL)
         for ddl in _SUPPORT_DDL:
             self._con.execute(ddl)
@@ -197,6 +201,17 @@ class Ledger:
             rows = self._reader.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall()
             row = rows[0] if rows else None
         return int(row[0]) if row else 0
+
+    def spend_totals(self) -> list[tuple[Key, Totals]]:
+        """Effective cost, input, output and cache-read tokens and calls of all billable calls in the ledger, by
+        (tenant, provider, model): the first call reads them from the ledger (one scan, holding writes meanwhile);
+        after it each write adds what it changed once it committed, so a later call groups only the rows written
+        since the one before (ledger._totals)."""
+        if self._totals is None:
+            with guard(self._src), self._lock:
+                if self._totals is None:
+                    self._totals = SpendTotals(self._con.execute(grouped_sql("calls")).fetchall())
+        return self._totals.snapshot()
 
     def memory(self) -> dict[str, int]:
         """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
@@ -289,6 +304,9 @@ class Ledger:
         if links.num_rows:
             tables.append(("_links", links))
         with guard(self._src), self._lock:
+            totals = self._totals
+            # What this write changes in the billable totals (sign, grouped rows), applied once it committed.
+            deltas: list[tuple[int, list[tuple[Any, ...]]]] = []
             for name, tbl in tables:
                 con.register(name, tbl)
             try:
@@ -312,6 +330,9 @@ class Ledger:
                                     "(SELECT trace_id FROM _traces)")
                         touched = "_touched"
                         window, bounds = "", []  # rare (a re-settle): exact over the whole table
+                        if totals is not None:  # the rows replaced are no longer billed
+                            replaced = "NOT is_duplicate AND trace_id IN (SELECT trace_id FROM _traces)"
+                            deltas.append((-1, con.execute(grouped_sql("calls", replaced)).fetchall()))
                         con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
                         con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
                         con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
@@ -335,6 +356,11 @@ class Ledger:
                     if flips is not None and flips.num_rows:
                         con.register("_flips", flips)
                         try:
+                            if totals is not None:  # a row that becomes a duplicate is no longer billed
+                                for dup, *group in con.execute(grouped_sql(
+                                        "calls c JOIN _flips f ON c.trace_id = f.trace_id AND c.span_id = f.span_id",
+                                        f"true{window}", first="f.dup"), bounds).fetchall():
+                                    deltas.append((-1 if dup else 1, [tuple(group)]))
                             con.execute("UPDATE calls SET is_duplicate = f.dup FROM _flips f "
                                         "WHERE calls.trace_id = f.trace_id AND calls.span_id = f.span_id")
                         finally:
@@ -353,6 +379,10 @@ class Ledger:
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
+                if totals is not None:  # committed; still under the write lock, so in commit order
+                    for sign, rows in deltas:
+                        totals.add(rows, sign)
+                    totals.add_calls(calls)
             finally:
                 for name, _ in tables:
                     con.unregister(name)

@@ -16,27 +16,36 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_SPEND_SQL = """
-WITH per AS (
-    SELECT coalesce(tenant_id, '(unattributed)') AS tenant, coalesce(provider, 'unknown') AS provider,
-           coalesce(response_model, request_model, 'unknown') AS model,
-           sum(effective_cost) AS cost, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-           sum(cache_read_tokens) AS cache_read_tokens, count(*) AS calls
-    FROM llm_calls GROUP BY ALL
-), top AS (
-    SELECT tenant FROM per GROUP BY tenant ORDER BY sum(cost) DESC NULLS LAST LIMIT ?
-)
-SELECT CASE WHEN tenant IN (SELECT tenant FROM top) OR tenant = '(unattributed)' THEN tenant ELSE 'other' END,
-       provider, model, sum(cost), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(calls)
-FROM per GROUP BY ALL
-"""
+# (tenant, provider, model) -> (effective cost, input, output, cache-read tokens, calls): ledger.Ledger.spend_totals.
+Spend = list[tuple[tuple[str | None, str | None, str | None], tuple[Decimal, int, int, int, int]]]
+UNATTRIBUTED = "(unattributed)"
+
+
+def fold(spend: Spend, max_tenants: int) -> list[tuple[str, str, str, Decimal, int, int, int, int]]:
+    """``spend`` with one label per tenant for the ``max_tenants`` tenants that spent most (ties by name), every
+    other tenant folded into "other", unattributed calls as "(unattributed)", a missing provider or model as
+    "unknown"."""
+    per_tenant: dict[str, Decimal] = {}
+    for (tenant, _, _), t in spend:
+        if tenant is not None:
+            per_tenant[tenant] = per_tenant.get(tenant, Decimal(0)) + t[0]
+    top = set(sorted(per_tenant, key=lambda k: (-per_tenant[k], k))[:max_tenants])
+    out: dict[tuple[str, str, str], list[Any]] = {}
+    for (tenant, provider, model), t in spend:
+        label = UNATTRIBUTED if tenant is None else tenant if tenant in top else "other"
+        acc = out.setdefault((label, provider or "unknown", model or "unknown"), [Decimal(0), 0, 0, 0, 0])
+        for i, v in enumerate(t):
+            acc[i] += v
+    return [(*k, *v) for k, v in sorted(out.items())]
 
 
 class PipelineCollector(Collector):
-    """Reads live numbers at scrape time. ``query`` runs SQL on the ledger; ``health`` returns gauges/counters."""
+    """Reads live numbers at scrape time. ``spend`` returns the ledger's running totals (no scan of the ledger);
+    ``query`` runs SQL on the ledger (small tables only); ``health`` returns gauges/counters."""
 
     def __init__(
         self,
+        spend: Callable[[], Spend],
         query: Callable[[str, list[Any]], list[tuple[Any, ...]]],
         health: Callable[[], dict[str, float]],
         max_tenants: int = 50,
@@ -44,6 +53,7 @@ class PipelineCollector(Collector):
         rejections: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self._rejections = rejections
+        self._spend = spend
         self._query = query
         self._health = health
         self._max_tenants = max_tenants
@@ -59,12 +69,12 @@ class PipelineCollector(Collector):
         calls = CounterMetricFamily(
             "tenantledger_llm_calls", "Billable LLM calls", labels=["tenant", "provider", "model"]
         )
-        for tenant, provider, model, c, inp, out, cache, n in self._query(_SPEND_SQL, [self._max_tenants]):
+        for tenant, provider, model, c, inp, out, cache, n in fold(self._spend(), self._max_tenants):
             labels = [tenant, provider, model]
-            cost.add_metric(labels, float(c or Decimal(0)))  # Prometheus samples are floats by definition
-            tokens.add_metric([*labels, "input"], float(inp or 0))
-            tokens.add_metric([*labels, "output"], float(out or 0))
-            tokens.add_metric([*labels, "cache_read"], float(cache or 0))
+            cost.add_metric(labels, float(c))  # Prometheus samples are floats by definition
+            tokens.add_metric([*labels, "input"], float(inp))
+            tokens.add_metric([*labels, "output"], float(out))
+            tokens.add_metric([*labels, "cache_read"], float(cache))
             calls.add_metric(labels, float(n))
         yield cost
         yield tokens

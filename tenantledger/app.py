@@ -521,7 +521,8 @@ class Service:
             states.sort(key=lambda b: (-levels[b.state], -b.used_pct, b.tenant_id))
             return [(b.tenant_id, b.period, levels[b.state]) for b in states]
 
-        collector = PipelineCollector(query, lambda: _health(self), budget_states=budget_states,
+        collector = PipelineCollector(self.ledger.spend_totals, query, lambda: _health(self),
+                                      budget_states=budget_states,
                                       rejections=lambda: dict(self.handler.stats.spans_rejected_by_reason))
         return HttpResponse(200, render(collector), CONTENT_TYPE)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -121,8 +122,9 @@ def test_job_trace_inherits_tenant_through_span_link(server_factory: Any) -> Non
 
 def test_a_server_that_reattaches_its_ledger_loses_nothing_and_answers_queries_meanwhile(server_factory: Any) -> None:
     """ledger.reattach_after_calls set low, so the server re-attaches its ledger file many times while the real
-    OTLP exporter sends traces and a client keeps querying it over SQL and /metrics: every query answers, and
-    every call is in the ledger once, attributed."""
+    OTLP exporter sends traces and a client keeps querying it over SQL and /metrics: every query answers, every
+    call is in the ledger once, attributed, and /metrics (whose totals the writes keep, from its first scrape on,
+    across the re-attaches) counts exactly the calls and tokens the ledger holds."""
     import threading
     import urllib.request
 
@@ -173,8 +175,22 @@ def test_a_server_that_reattaches_its_ledger_loses_nothing_and_answers_queries_m
     time.sleep(1.0)
     done.set()
     q.join(60)
+    count = urllib.request.Request(srv.http + "/v1/sql", data=json.dumps({"sql": "SELECT count(*) FROM llm_calls"})
+                                   .encode(), headers={"Content-Type": "application/json"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # every call settled before the scrape below
+        with urllib.request.urlopen(count, timeout=30) as r:
+            if json.loads(r.read())["rows"] == [[traces * calls_each]]:
+                break
+        time.sleep(0.2)
     with urllib.request.urlopen(srv.http + "/metrics", timeout=30) as r:
         metrics = r.read().decode()
+    scraped: dict[tuple[str, str], float] = {}
+    for name, labels, value in re.findall(r'^tenantledger_(llm_calls|tokens)_total\{([^}]*)\} (\S+)$', metrics, re.M):
+        tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if name == "llm_calls" or tags["type"] == "input":
+            key = (tags["tenant"], name)
+            scraped[key] = scraped.get(key, 0.0) + float(value)
     counted = [float(line.split()[-1]) for line in metrics.splitlines()
                if line.startswith("tenantledger_ledger_reattaches_total ")]
     assert srv.stop() == 0
@@ -185,4 +201,5 @@ def test_a_server_that_reattaches_its_ledger_loses_nothing_and_answers_queries_m
     assert counted and counted[0] >= 3  # /metrics counts them too
     rows = srv.query("SELECT tenant_id, count(*), sum(input_tokens) FROM llm_calls GROUP BY 1 ORDER BY 1")
     assert rows == [(f"tenant-{t}", traces // 3 * calls_each, traces // 3 * calls_each * 100) for t in range(3)]
+    assert scraped == {k: float(v) for t, n, inp in rows for k, v in (((t, "llm_calls"), n), ((t, "tokens"), inp))}
     assert srv.query("SELECT count(*) FROM traces") == [(traces,)]
