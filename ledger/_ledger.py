@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from ledger._file import Cursors, LedgerFile, guard
 from ledger._schema import CALLS_DDL
 from ledger._seen import TimedFilter
-from ledger._totals import Key, SpendTotals, Totals, grouped_sql
+from ledger._totals import BY_DAY, BY_MODEL, SpendTotals, Totals, grouped_sql
 from ledger._views import create_views
 from processors import LinkedContext, Settlement
 
@@ -131,9 +132,12 @@ class Ledger:
         # The filters are read by the read helpers and updated by write, each for a few milliseconds at most.
         self._filters_lock = threading.Lock()
         self._outbox = outbox
-        # Totals per (tenant, provider, model) for /metrics: read from the ledger once, on first use, then kept by
-        # ``write`` (None until then: a ledger nobody scrapes pays nothing for them).
-        self._totals: SpendTotals | None = None
+        # Totals per (tenant, provider, model) for /metrics and per (tenant, day) for budgets: each read from the
+        # ledger once, on first use, then kept by ``write`` (None until then: unused ones cost nothing).
+        self._by_model: SpendTotals | None = None
+        self._by_day: SpendTotals | None = None
+        self._by_day_from = dt.date.max  # the first day whose totals are complete in _by_day
+        self._day_lock = threading.Lock()  # daily_spend: one caller at a time (it drops the days before its own)
         self._con.execute(CALLS_DDL)
         for ddl in _SUPPORT_DDL:
             self._con.execute(ddl)
@@ -202,16 +206,37 @@ class Ledger:
             row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
-    def spend_totals(self) -> list[tuple[Key, Totals]]:
+    def spend_totals(self) -> list[tuple[tuple[str | None, str | None, str | None], Totals]]:
         """Effective cost, input, output and cache-read tokens and calls of all billable calls in the ledger, by
         (tenant, provider, model): the first call reads them from the ledger (one scan, holding writes meanwhile);
         after it each write adds what it changed once it committed, so a later call groups only the rows written
         since the one before (ledger._totals)."""
-        if self._totals is None:
+        if self._by_model is None:
             with guard(self._src), self._lock:
-                if self._totals is None:
-                    self._totals = SpendTotals(self._con.execute(grouped_sql("calls")).fetchall())
-        return self._totals.snapshot()
+                if self._by_model is None:
+                    self._by_model = SpendTotals(BY_MODEL, self._con.execute(grouped_sql(BY_MODEL, "calls")).fetchall())
+        return self._by_model.snapshot()
+
+    def daily_spend(self, since: dt.date, tenant: str | None = None,
+                    until: dt.date | None = None) -> dict[tuple[str, dt.date], Decimal]:
+        """Effective cost of the billable calls attributed to a tenant, per (tenant, UTC day the call started), for
+        the days from ``since`` on; with ``tenant``, that tenant's alone, up to ``until`` (default: 31 days on),
+        looked up rather than listed. Kept as ``spend_totals`` is: the first call, or one asking for days before
+        those kept, reads them from the ledger; a call for all tenants drops the days before ``since`` (a budget
+        asks for its current periods)."""
+        with self._day_lock:
+            if self._by_day is None or since < self._by_day_from:
+                with guard(self._src), self._lock:
+                    rows = self._con.execute(grouped_sql(BY_DAY, "calls", "NOT is_duplicate AND start_time >= ?"),
+                                             [since]).fetchall()
+                    self._by_day, self._by_day_from = SpendTotals(BY_DAY, rows), since
+            if tenant is not None:
+                last = until or since + dt.timedelta(days=31)
+                days = (since + dt.timedelta(days=i) for i in range((last - since).days + 1))
+                return {(tenant, k[1]): t[0] for k, t in self._by_day.get((tenant, d) for d in days).items()}
+            self._by_day_from = since
+            snap = self._by_day.snapshot(keep=lambda k: bool(k[1] >= since))
+        return {(k[0], k[1]): t[0] for k, t in snap if k[0] is not None}
 
     def memory(self) -> dict[str, int]:
         """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
@@ -304,9 +329,9 @@ class Ledger:
         if links.num_rows:
             tables.append(("_links", links))
         with guard(self._src), self._lock:
-            totals = self._totals
-            # What this write changes in the billable totals (sign, grouped rows), applied once it committed.
-            deltas: list[tuple[int, list[tuple[Any, ...]]]] = []
+            active = [t for t in (self._by_model, self._by_day) if t is not None]
+            # What this write changes in the billable totals (totals, sign, grouped rows), applied once committed.
+            deltas: list[tuple[SpendTotals, int, list[tuple[Any, ...]]]] = []
             for name, tbl in tables:
                 con.register(name, tbl)
             try:
@@ -330,9 +355,9 @@ class Ledger:
                                     "(SELECT trace_id FROM _traces)")
                         touched = "_touched"
                         window, bounds = "", []  # rare (a re-settle): exact over the whole table
-                        if totals is not None:  # the rows replaced are no longer billed
-                            replaced = "NOT is_duplicate AND trace_id IN (SELECT trace_id FROM _traces)"
-                            deltas.append((-1, con.execute(grouped_sql("calls", replaced)).fetchall()))
+                        replaced = "NOT is_duplicate AND trace_id IN (SELECT trace_id FROM _traces)"
+                        for t in active:  # the rows replaced are no longer billed
+                            deltas.append((t, -1, con.execute(grouped_sql(t.grouping, "calls", replaced)).fetchall()))
                         con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
                         con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
                         con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
@@ -356,11 +381,11 @@ class Ledger:
                     if flips is not None and flips.num_rows:
                         con.register("_flips", flips)
                         try:
-                            if totals is not None:  # a row that becomes a duplicate is no longer billed
+                            for t in active:  # a row that becomes a duplicate is no longer billed
                                 for dup, *group in con.execute(grouped_sql(
-                                        "calls c JOIN _flips f ON c.trace_id = f.trace_id AND c.span_id = f.span_id",
-                                        f"true{window}", first="f.dup"), bounds).fetchall():
-                                    deltas.append((-1 if dup else 1, [tuple(group)]))
+                                        t.grouping, "calls c JOIN _flips f ON c.trace_id = f.trace_id AND "
+                                        "c.span_id = f.span_id", f"true{window}", first="f.dup"), bounds).fetchall():
+                                    deltas.append((t, -1 if dup else 1, [tuple(group)]))
                             con.execute("UPDATE calls SET is_duplicate = f.dup FROM _flips f "
                                         "WHERE calls.trace_id = f.trace_id AND calls.span_id = f.span_id")
                         finally:
@@ -379,10 +404,11 @@ class Ledger:
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
-                if totals is not None:  # committed; still under the write lock, so in commit order
-                    for sign, rows in deltas:
-                        totals.add(rows, sign)
-                    totals.add_calls(calls)
+                # Committed; still under the write lock, so in commit order.
+                for t, sign, rows in deltas:
+                    t.add(rows, sign)
+                for t in active:
+                    t.add_calls(calls)
             finally:
                 for name, _ in tables:
                     con.unregister(name)

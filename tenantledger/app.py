@@ -52,7 +52,7 @@ from receiver._spool import rows_to_spans
 from tenantledger.config import Config
 from tenantledger.finops import BudgetMonitor, FinopsError, QueryFn
 from tenantledger.finops._anomalies import anomalies_sql
-from tenantledger.finops._budgets import budget_check
+from tenantledger.finops._budgets import budget_check, spend_from_daily
 
 log = logging.getLogger("tenantledger")
 
@@ -207,7 +207,8 @@ class Service:
         # The anomaly view bakes in the configured method parameters (README: spend anomalies).
         anomaly_view = anomalies_sql(config.anomalies, bounded=False)
         self.con.execute(f"CREATE OR REPLACE VIEW spend_anomalies AS {anomaly_view}")
-        self.budgets = BudgetMonitor(config.budgets, self.file.cursor(), guard=self.file.use)
+        self.budgets = BudgetMonitor(config.budgets, self.file.cursor(), guard=self.file.use,
+                                     daily=self.ledger.daily_spend)
         duckdb_mib = config.ledger.serve_duckdb_memory_limit_mib
         if config.receiver.memory_limit_mib:
             # DuckDB's buffer cache lives in this process too: keep it to a quarter of the memory limit.
@@ -420,7 +421,9 @@ class Service:
         if who is not None and who != tenant:
             return _json(403, {"ok": False, "error": "this token is scoped to another tenant"})
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        doc = budget_check(self.query_fn(who), self.config.budgets, tenant, now)
+        # A gateway may ask before every LLM call: from the totals the ledger writer keeps, not a scan of the month.
+        daily = self.ledger.daily_spend(now.date().replace(day=1), tenant=tenant, until=now.date())
+        doc = budget_check(self.query_fn(who), self.config.budgets, tenant, now, spend_from_daily(daily, now))
         doc["staleness_s"] = self.config.processors.wait_duration_s + self.config.budgets.check_interval_s
         return _json(200, {"ok": True, **doc})
 

@@ -92,7 +92,12 @@ def test_anomaly_robust_to_an_earlier_spike(con: duckdb.DuckDBPyConnection) -> N
     assert (T0 + dt.timedelta(hours=60)) in [r[1] for r in t.rows]
 
 
-def test_budget_thresholds_and_alerts_fire_once(con: duckdb.DuckDBPyConnection) -> None:
+@pytest.mark.parametrize("kept", [False, True])  # spend summed in SQL, or the ledger's daily totals (as in serve)
+def test_budget_thresholds_and_alerts_fire_once(con: duckdb.DuckDBPyConnection, kept: bool) -> None:
+    def monitor_of(cfg: BudgetsConfig, cur: duckdb.DuckDBPyConnection) -> BudgetMonitor:
+        # Each monitor as after a restart: a new Ledger reads its totals from the rows added behind its back.
+        return BudgetMonitor(cfg, cur, daily=Ledger(con).daily_spend if kept else None)
+
     cfg = BudgetsConfig(default={"daily_usd": "10"}, tenants={"big": {"daily_usd": "100", "monthly_usd": "1000"}})
     now = dt.datetime(2026, 11, 20, 12)
     add(con, "a", now - dt.timedelta(hours=1), "7.99")
@@ -102,15 +107,15 @@ def test_budget_thresholds_and_alerts_fire_once(con: duckdb.DuckDBPyConnection) 
     add(con, "big", now - dt.timedelta(hours=1), "99")
     states = {(s.tenant_id, s.period): s.state for s in evaluate(cfg, {}, now)}
     assert states == {("big", "daily"): "ok", ("big", "monthly"): "ok"}
-    monitor = BudgetMonitor(cfg, con.cursor())
+    monitor = monitor_of(cfg, con.cursor())
     fired = monitor.check(now)
     assert sorted((f["tenant_id"], f["period"], f["threshold"]) for f in fired) == [
         ("b", "daily", "soft"), ("big", "daily", "soft"), ("c", "daily", "hard"), ("c", "daily", "soft")]
     assert {(s.tenant_id, s.period): s.state for s in monitor.states}[("a", "daily")] == "ok"
     assert monitor.check(now) == []  # same period: never again
-    assert BudgetMonitor(cfg, con.cursor()).check(now) == []  # a new monitor (restart) reads the table
+    assert monitor_of(cfg, con.cursor()).check(now) == []  # a new monitor (restart) reads the table
     add(con, "a", now + dt.timedelta(days=1), "11")
-    assert [(f["tenant_id"], f["period_start"]) for f in BudgetMonitor(cfg, con.cursor()).check(
+    assert [(f["tenant_id"], f["period_start"]) for f in monitor_of(cfg, con.cursor()).check(
         now + dt.timedelta(days=1, hours=1)) if f["threshold"] == "hard"] == [("a", "2026-11-21")]
 
 

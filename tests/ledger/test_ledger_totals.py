@@ -1,8 +1,11 @@
-"""The running totals behind /metrics (Ledger.spend_totals): after any sequence of writes they equal what a scan of
-`llm_calls` gives, re-settles and duplicate reports included, and a write that fails changes nothing."""
+"""The running totals behind /metrics (Ledger.spend_totals) and the budget monitor (Ledger.daily_spend): after any
+sequence of writes they equal what a scan of `llm_calls` gives, re-settles and duplicate reports included, and a
+write that fails changes nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -71,3 +74,64 @@ def test_a_write_that_fails_changes_neither_the_ledger_nor_the_totals(tmp_path: 
         settle(ledger, B, dict(span_id="1" * 16), dict(span_id="2" * 16, usage_status=None))
     assert sorted(ledger.spend_totals(), key=_key) == sorted(before, key=_key) == scanned(con)
     assert con.execute("SELECT count(*) FROM calls").fetchall() == [(1,)]
+
+
+def _at(day: int, hour: int = 12) -> int:
+    return int(dt.datetime(2026, 11, day, hour, tzinfo=dt.UTC).timestamp() * 1e9)
+
+
+def test_daily_spend_kept_by_writes_equals_a_scan_per_tenant_and_day(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    settle(ledger, A, dict(span_id="1" * 16, start_time_unix_nano=_at(1)))  # before the days asked for
+    assert ledger.daily_spend(dt.date(2026, 11, 2)) == {}
+    settle(ledger, B, dict(span_id="1" * 16, start_time_unix_nano=_at(2, 23)),
+           dict(span_id="2" * 16, start_time_unix_nano=_at(3, 0), tenant_id="beta"),
+           dict(span_id="3" * 16, start_time_unix_nano=_at(3), tenant_id=None, tenant_source=None,
+                unattributed_reason="no_tenant"),  # not attributed: no tenant's budget
+           dict(span_id="4" * 16, start_time_unix_nano=_at(3), dedup_key="openai:resp-9", dedup_rank=5))
+    # A re-settle moves trace B's first call to another day and drops its others; trace C reports resp-9 better.
+    settle(ledger, B, dict(span_id="1" * 16, start_time_unix_nano=_at(4)),
+           dict(span_id="4" * 16, start_time_unix_nano=_at(3), dedup_key="openai:resp-9", dedup_rank=5),
+           replaced=True)
+    settle(ledger, C, dict(span_id="1" * 16, start_time_unix_nano=_at(3), dedup_key="openai:resp-9",
+                           tenant_id="beta"))
+
+    def scan(since: dt.date) -> dict[tuple[str, dt.date], Decimal]:
+        return {(t, d): c for t, d, c in con.execute(
+            "SELECT tenant_id, CAST(start_time AS DATE), sum(effective_cost) FROM llm_calls "
+            "WHERE tenant_id IS NOT NULL AND start_time >= ? GROUP BY ALL", [since]).fetchall()}
+
+    nov2 = dt.date(2026, 11, 2)
+    assert ledger.daily_spend(nov2) == scan(nov2)
+    assert set(scan(nov2)) == {("acme", dt.date(2026, 11, 4)), ("beta", dt.date(2026, 11, 3))}
+    # One tenant's days, looked up (the gateway's budget check): the same figures.
+    assert ledger.daily_spend(nov2, tenant="beta") == {k: v for k, v in scan(nov2).items() if k[0] == "beta"}
+    assert ledger.daily_spend(nov2, tenant="acme", until=dt.date(2026, 11, 3)) == {}
+    assert ledger.daily_spend(nov2, tenant="nobody") == {}
+    # Days dropped when a later start was asked for are read again when an earlier one is.
+    nov4 = dt.date(2026, 11, 4)
+    assert ledger.daily_spend(nov4) == scan(nov4)
+    nov1 = dt.date(2026, 11, 1)
+    assert ledger.daily_spend(nov1) == scan(nov1) and ("acme", nov1) in scan(nov1)
+
+
+def test_budget_spend_from_daily_totals_equals_the_sql_sum(tmp_path: Path) -> None:
+    from tenantledger.finops._budgets import spend_from_daily, spend_now
+
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ledger = Ledger(con)
+    for i, (day, hour, tenant) in enumerate([(1, 0, "acme"), (19, 23, "acme"), (20, 0, "acme"), (20, 11, "beta"),
+                                             (20, 11, None)]):
+        settle(ledger, f"{i:032x}", dict(span_id="1" * 16, start_time_unix_nano=_at(day, hour), tenant_id=tenant))
+    settle(ledger, "f" * 32, dict(span_id="1" * 16, start_time_unix_nano=int(
+        dt.datetime(2026, 10, 31, 23, tzinfo=dt.UTC).timestamp() * 1e9)))  # last month
+
+    def q(sql: str, params: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        cur = con.execute(sql, list(params))
+        return [d[0] for d in cur.description or ()], cur.fetchall()
+
+    now = dt.datetime(2026, 11, 20, 12)
+    expected = spend_now(q, now)
+    assert set(expected) == {"acme", "beta"} and expected["acme"][0] < expected["acme"][1]
+    assert spend_from_daily(ledger.daily_spend(dt.date(2026, 11, 1)), now) == expected
