@@ -222,21 +222,23 @@ class Ledger:
         """Effective cost of the billable calls attributed to a tenant, per (tenant, UTC day the call started), for
         the days from ``since`` on; with ``tenant``, that tenant's alone, up to ``until`` (default: 31 days on),
         looked up rather than listed. Kept as ``spend_totals`` is: the first call, or one asking for days before
-        those kept, reads them from the ledger; a call for all tenants drops the days before ``since`` (a budget
-        asks for its current periods)."""
+        those kept, reads them from the ledger; one asking from a later day drops the days before it (a budget asks
+        for its current periods, so they go when a month ends)."""
         with self._day_lock:
             if self._by_day is None or since < self._by_day_from:
                 with guard(self._src), self._lock:
                     rows = self._con.execute(grouped_sql(BY_DAY, "calls", "NOT is_duplicate AND start_time >= ?"),
                                              [since]).fetchall()
                     self._by_day, self._by_day_from = SpendTotals(BY_DAY, rows), since
+            if since > self._by_day_from:  # a later period: the days before it are not asked for any more
+                self._by_day.snapshot(keep=lambda k: bool(k[1] >= since))
+                self._by_day_from = since
             if tenant is not None:
                 last = until or since + dt.timedelta(days=31)
                 days = (since + dt.timedelta(days=i) for i in range((last - since).days + 1))
                 return {(tenant, k[1]): t[0] for k, t in self._by_day.get((tenant, d) for d in days).items()}
-            self._by_day_from = since
-            snap = self._by_day.snapshot(keep=lambda k: bool(k[1] >= since))
-        return {(k[0], k[1]): t[0] for k, t in snap if k[0] is not None}
+            snap = self._by_day.snapshot()
+        return {(k[0], k[1]): t[0] for k, t in snap if k[0] is not None and k[1] >= since}
 
     def memory(self) -> dict[str, int]:
         """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
