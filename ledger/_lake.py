@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger._arrow import registered
 from ledger._errors import LedgerError, LedgerNotFound, QueryError
 from ledger._file import Cursors, guard
 from ledger._focus import FOCUS_VIEW_SQL
@@ -325,16 +326,13 @@ class LakePublisher:
                     ).fetch_arrow_table()
                     if outbox.num_rows == 0:
                         return 0
-                    cur.register("_pub", outbox)
-                    try:
+                    with registered(cur, _pub=outbox):
                         calls = cur.execute("SELECT * FROM calls WHERE trace_id IN (SELECT trace_id FROM _pub)"
                                             ).fetch_arrow_table()
                         frags = cur.execute(
                             "SELECT trace_id, request_id, tenant_id, user_id, unresolved_links, span_count, "
                             "settled_at, first_seq, last_seq FROM traces WHERE trace_id IN (SELECT trace_id FROM _pub)"
                         ).fetch_arrow_table()
-                    finally:
-                        cur.unregister("_pub")
                 finally:
                     cur.execute("COMMIT")
             # The spans as they were settled: within the sequence numbers the ledger recorded for these traces
@@ -347,13 +345,9 @@ class LakePublisher:
             ids = pa.table({"trace_id": outbox.column("trace_id")})
             self._write_instance_rows(ids, calls, frags, spans)
             merged = self._merge_split_traces(ids)
-            with guard(self._src):
-                cur.register("_done", outbox)
-                try:
-                    cur.execute("DELETE FROM lake_outbox WHERE EXISTS (SELECT 1 FROM _done d "
-                                "WHERE d.trace_id = lake_outbox.trace_id AND d.version = lake_outbox.version)")
-                finally:
-                    cur.unregister("_done")
+            with guard(self._src), registered(cur, _done=outbox):
+                cur.execute("DELETE FROM lake_outbox WHERE EXISTS (SELECT 1 FROM _done d "
+                            "WHERE d.trace_id = lake_outbox.trace_id AND d.version = lake_outbox.version)")
             self.stats.traces_published += outbox.num_rows
             self.stats.traces_merged += merged
             self.stats.last_publish_s = time.monotonic() - t0
@@ -366,9 +360,7 @@ class LakePublisher:
         me = self.instance_id
 
         def run() -> None:
-            for name, tbl in (("_ids", ids), ("_calls", calls), ("_frags", frags), ("_spans", spans)):
-                lake.register(name, tbl)
-            try:
+            with registered(lake, _ids=ids, _calls=calls, _frags=frags, _spans=spans):
                 lake.execute("BEGIN TRANSACTION")
                 try:
                     for table in ("instance_calls", "fragments", "spans"):
@@ -383,9 +375,6 @@ class LakePublisher:
                 except BaseException:
                     lake.execute("ROLLBACK")
                     raise
-            finally:
-                for name in ("_ids", "_calls", "_frags", "_spans"):
-                    lake.unregister(name)
 
         _retry("publish", run)
 
@@ -399,18 +388,14 @@ class LakePublisher:
 
         def run() -> None:
             nonlocal merged
-            lake.register("_ids", ids)
-            try:
+            with registered(lake, _ids=ids):
                 split = [r[0] for r in lake.execute(
                     "SELECT trace_id FROM fragments WHERE trace_id IN (SELECT trace_id FROM _ids) "
                     "GROUP BY trace_id HAVING count(DISTINCT instance_id) > 1").fetchall()]
-            finally:
-                lake.unregister("_ids")
             if not split:
                 return
             want = pa.table({"trace_id": pa.array(split, pa.string())})
-            lake.register("_split", want)
-            try:
+            with registered(lake, _split=want):
                 lake.execute("BEGIN TRANSACTION")
                 try:
                     cur = lake.execute(
@@ -426,29 +411,21 @@ class LakePublisher:
                     for rows in by_trace.values():
                         records.extend(self._resettle(rows))
                     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-                    lake.register("_merged", records_table(records))
-                    lake.register("_marks", pa.table({
+                    marks = pa.table({
                         "trace_id": pa.array(list(by_trace), pa.string()),
                         "span_count": pa.array([len(v) for v in by_trace.values()], pa.int32()),
-                    }))
-                    lake.execute("DELETE FROM merged_calls WHERE trace_id IN (SELECT trace_id FROM _split)")
-                    lake.execute("DELETE FROM merged_traces WHERE trace_id IN (SELECT trace_id FROM _split)")
-                    lake.execute("INSERT INTO merged_calls BY NAME SELECT *, ? AS merged_by, "
-                                 "? AS merged_at, ? AS settled_at FROM _merged", [self.instance_id, now, now])
-                    lake.execute("INSERT INTO merged_traces BY NAME SELECT *, ? AS merged_by, ? AS merged_at "
-                                 "FROM _marks", [self.instance_id, now])
+                    })
+                    with registered(lake, _merged=records_table(records), _marks=marks):
+                        lake.execute("DELETE FROM merged_calls WHERE trace_id IN (SELECT trace_id FROM _split)")
+                        lake.execute("DELETE FROM merged_traces WHERE trace_id IN (SELECT trace_id FROM _split)")
+                        lake.execute("INSERT INTO merged_calls BY NAME SELECT *, ? AS merged_by, "
+                                     "? AS merged_at, ? AS settled_at FROM _merged", [self.instance_id, now, now])
+                        lake.execute("INSERT INTO merged_traces BY NAME SELECT *, ? AS merged_by, ? AS merged_at "
+                                     "FROM _marks", [self.instance_id, now])
                     lake.execute("COMMIT")
                 except BaseException:
                     lake.execute("ROLLBACK")
                     raise
-                finally:
-                    for name in ("_merged", "_marks"):
-                        try:
-                            lake.unregister(name)
-                        except duckdb.Error:
-                            pass
-            finally:
-                lake.unregister("_split")
             merged = len(split)
 
         _retry("merge", run)

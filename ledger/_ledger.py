@@ -4,6 +4,7 @@ transaction, replacing a re-settled trace's earlier rows so that a correction is
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -16,6 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger._arrow import registered
 from ledger._file import Cursors, LedgerFile, guard
 from ledger._schema import CALLS_DDL
 from ledger._seen import TimedFilter
@@ -252,12 +254,9 @@ class Ledger:
 
     def _ask(self, sql: str, ids: Sequence[str]) -> list[Any]:
         """``sql`` (which selects from ``_ask``, a table of the trace ids ``ids``) on the read cursor."""
-        with guard(self._src), self._read_lock:
-            self._reader.register("_ask", pa.table({"trace_id": pa.array(list(ids), pa.string())}))
-            try:
-                return self._reader.execute(sql).fetchall()
-            finally:
-                self._reader.unregister("_ask")
+        ask = pa.table({"trace_id": pa.array(list(ids), pa.string())})
+        with guard(self._src), self._read_lock, registered(self._reader, _ask=ask):
+            return self._reader.execute(sql).fetchall()
 
     def known_traces(
         self, trace_ids: Sequence[str], started_ns: Mapping[str, int] | None = None
@@ -330,92 +329,83 @@ class Ledger:
             tables.append(("_keys", keys))  # a fresh settlement looks up only the filter's candidates (_maybe)
         if links.num_rows:
             tables.append(("_links", links))
-        with guard(self._src), self._lock:
+        with guard(self._src), self._lock, contextlib.ExitStack() as scope:
             active = [t for t in (self._by_model, self._by_day) if t is not None]
             # What this write changes in the billable totals (totals, sign, grouped rows), applied once committed.
             deltas: list[tuple[SpendTotals, int, list[tuple[Any, ...]]]] = []
-            for name, tbl in tables:
-                con.register(name, tbl)
+            scope.enter_context(registered(con, **dict(tables)))
+            con.execute("BEGIN TRANSACTION")
             try:
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    if fresh:
-                        # No trace of this settlement was settled before: nothing to replace (the DELETEs scan
-                        # the whole ledger, so skipping them matters as it grows); the dedup keys it touches are
-                        # its own.
-                        window = DEDUP_WINDOW_SQL
-                        # Earlier reports can only carry keys the filter has seen (if it covers the window).
-                        with self._filters_lock:
-                            covered = _ns(bounds[0]) >= self._seen.covers_from_ns
-                            maybe = self._seen.maybe(key_list) if covered else key_list
-                        touched = "_maybe" if maybe else ""
-                        if maybe:
-                            con.register("_maybe", pa.table({"dedup_key": pa.array(maybe, pa.string())}))
-                    else:
-                        con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys UNION "
-                                    "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
-                                    "(SELECT trace_id FROM _traces)")
-                        touched = "_touched"
-                        window, bounds = "", []  # rare (a re-settle): exact over the whole table
-                        replaced = "NOT is_duplicate AND trace_id IN (SELECT trace_id FROM _traces)"
-                        for t in active:  # the rows replaced are no longer billed
-                            deltas.append((t, -1, con.execute(grouped_sql(t.grouping, "calls", replaced)).fetchall()))
-                        con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                        con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                        con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                    con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
-                    con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
-                    if links.num_rows:
-                        con.execute("INSERT INTO trace_links BY NAME SELECT * FROM _links")
-                    # The same call reported by two spans (even in two traces) is billed once: the best-ranked
-                    # report wins, ties broken by ids so the choice does not depend on arrival order. Only rows
-                    # whose flag changes are updated: the UPDATE's join scans the whole table, so it runs only
-                    # when there is something to change (rarely: a call reported twice).
-                    flips = None if not touched else con.execute(
-                        f"""
-                        SELECT trace_id, span_id, dup FROM (
-                            SELECT trace_id, span_id, is_duplicate, row_number() OVER (
-                                PARTITION BY dedup_key ORDER BY dedup_rank, trace_id, span_id) > 1 AS dup
-                            FROM calls WHERE dedup_key IN (SELECT dedup_key FROM {touched}){window}
-                        ) WHERE dup IS DISTINCT FROM is_duplicate
-                        """, bounds
-                    ).to_arrow_table()
-                    if flips is not None and flips.num_rows:
-                        con.register("_flips", flips)
-                        try:
-                            for t in active:  # a row that becomes a duplicate is no longer billed
-                                for dup, *group in con.execute(grouped_sql(
-                                        t.grouping, "calls c JOIN _flips f ON c.trace_id = f.trace_id AND "
-                                        "c.span_id = f.span_id", f"true{window}", first="f.dup"), bounds).fetchall():
-                                    deltas.append((t, -1 if dup else 1, [tuple(group)]))
-                            con.execute("UPDATE calls SET is_duplicate = f.dup FROM _flips f "
-                                        "WHERE calls.trace_id = f.trace_id AND calls.span_id = f.span_id")
-                        finally:
-                            con.unregister("_flips")
-                    if self._outbox:
-                        con.execute("INSERT OR REPLACE INTO lake_outbox SELECT trace_id, "
-                                    "nextval('lake_outbox_version') FROM _traces")
-                    # An UPDATE of the one row (created with the table), not an upsert: ~10x cheaper per tick.
-                    con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'settled_watermark'",
-                                [settlement.watermark])
-                    # Before the commit: if it fails, the extra keys and traces are only false positives.
+                if fresh:
+                    # No trace of this settlement was settled before: nothing to replace (the DELETEs scan
+                    # the whole ledger, so skipping them matters as it grows); the dedup keys it touches are
+                    # its own.
+                    window = DEDUP_WINDOW_SQL
+                    # Earlier reports can only carry keys the filter has seen (if it covers the window).
                     with self._filters_lock:
-                        self._seen.add(key_list, newest_ns)
-                        self._traces.add(trace_ids, _ns(now))
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                # Committed; still under the write lock, so in commit order.
-                for t, sign, rows in deltas:
-                    t.add(rows, sign)
-                for t in active:
-                    t.add_calls(calls)
-            finally:
-                for name, _ in tables:
-                    con.unregister(name)
-                if touched == "_maybe":
-                    con.unregister("_maybe")
+                        covered = _ns(bounds[0]) >= self._seen.covers_from_ns
+                        maybe = self._seen.maybe(key_list) if covered else key_list
+                    touched = "_maybe" if maybe else ""
+                    if maybe:
+                        candidates = pa.table({"dedup_key": pa.array(maybe, pa.string())})
+                        scope.enter_context(registered(con, _maybe=candidates))
+                else:
+                    con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys UNION "
+                                "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
+                                "(SELECT trace_id FROM _traces)")
+                    touched = "_touched"
+                    window, bounds = "", []  # rare (a re-settle): exact over the whole table
+                    replaced = "NOT is_duplicate AND trace_id IN (SELECT trace_id FROM _traces)"
+                    for t in active:  # the rows replaced are no longer billed
+                        deltas.append((t, -1, con.execute(grouped_sql(t.grouping, "calls", replaced)).fetchall()))
+                    con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                    con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                    con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
+                con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
+                if links.num_rows:
+                    con.execute("INSERT INTO trace_links BY NAME SELECT * FROM _links")
+                # The same call reported by two spans (even in two traces) is billed once: the best-ranked
+                # report wins, ties broken by ids so the choice does not depend on arrival order. Only rows
+                # whose flag changes are updated: the UPDATE's join scans the whole table, so it runs only
+                # when there is something to change (rarely: a call reported twice).
+                flips = None if not touched else con.execute(
+                    f"""
+                    SELECT trace_id, span_id, dup FROM (
+                        SELECT trace_id, span_id, is_duplicate, row_number() OVER (
+                            PARTITION BY dedup_key ORDER BY dedup_rank, trace_id, span_id) > 1 AS dup
+                        FROM calls WHERE dedup_key IN (SELECT dedup_key FROM {touched}){window}
+                    ) WHERE dup IS DISTINCT FROM is_duplicate
+                    """, bounds
+                ).to_arrow_table()
+                if flips is not None and flips.num_rows:
+                    with registered(con, _flips=flips):
+                        for t in active:  # a row that becomes a duplicate is no longer billed
+                            for dup, *group in con.execute(grouped_sql(
+                                    t.grouping, "calls c JOIN _flips f ON c.trace_id = f.trace_id AND "
+                                    "c.span_id = f.span_id", f"true{window}", first="f.dup"), bounds).fetchall():
+                                deltas.append((t, -1 if dup else 1, [tuple(group)]))
+                        con.execute("UPDATE calls SET is_duplicate = f.dup FROM _flips f "
+                                    "WHERE calls.trace_id = f.trace_id AND calls.span_id = f.span_id")
+                if self._outbox:
+                    con.execute("INSERT OR REPLACE INTO lake_outbox SELECT trace_id, "
+                                "nextval('lake_outbox_version') FROM _traces")
+                # An UPDATE of the one row (created with the table), not an upsert: ~10x cheaper per tick.
+                con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'settled_watermark'",
+                            [settlement.watermark])
+                # Before the commit: if it fails, the extra keys and traces are only false positives.
+                with self._filters_lock:
+                    self._seen.add(key_list, newest_ns)
+                    self._traces.add(trace_ids, _ns(now))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            # Committed; still under the write lock, so in commit order.
+            for t, sign, rows in deltas:
+                t.add(rows, sign)
+            for t in active:
+                t.add_calls(calls)
         self._written_since_attach += calls.num_rows
         if (self._file is not None and 0 < self._reattach_after <= self._written_since_attach
                 and time.monotonic() >= self._reattach_not_before):
