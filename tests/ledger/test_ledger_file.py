@@ -3,6 +3,7 @@ check that DuckDB has not invalidated it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -77,6 +78,20 @@ def _glibc_in_use() -> int | None:
     return int(fn().uordblks)
 
 
+def _wide_table(cur: duckdb.DuckDBPyConnection) -> Callable[[int, int], None]:
+    """Create ``t`` (31 columns, as wide as the ledger's calls) and return a writer of its rows ``start`` to ``stop``
+    in ledger-sized commits (8 192 rows)."""
+    cols = ", ".join(f"c{i} VARCHAR" for i in range(30))
+    cur.execute(f"CREATE TABLE t (i BIGINT, {cols})")
+    values = ", ".join(f"'v' || (range % 991)::VARCHAR || '{i}'" for i in range(30))
+
+    def write(start: int, stop: int) -> None:
+        for lo in range(start, stop, 8_192):
+            cur.execute(f"INSERT INTO t SELECT range, {values} FROM range(?, ?)", [lo, lo + 8_192])
+
+    return write
+
+
 def test_reattach_gives_back_the_row_group_metadata_and_keeps_every_row_and_cursor(tmp_path: Path) -> None:
     """What re-attaching is for: DuckDB holds each written row group's metadata in the C++ heap while the file is
     attached (~7 bytes a row of a wide table), so the heap grows with every row written; after a re-attach it is
@@ -84,13 +99,7 @@ def test_reattach_gives_back_the_row_group_metadata_and_keeps_every_row_and_curs
     cursors taken before it work."""
     f = LedgerFile(tmp_path / "l.duckdb")
     cur = f.cursor()
-    cols = ", ".join(f"c{i} VARCHAR" for i in range(30))
-    cur.execute(f"CREATE TABLE t (i BIGINT, {cols})")
-    values = ", ".join(f"'v' || (range % 991)::VARCHAR || '{i}'" for i in range(30))
-
-    def write(start: int, stop: int) -> None:
-        for lo in range(start, stop, 8_192):  # ledger-sized commits
-            cur.execute(f"INSERT INTO t SELECT range, {values} FROM range(?, ?)", [lo, lo + 8_192])
+    write = _wide_table(cur)
 
     write(0, 24 * 8_192)
     assert f.reattach()
@@ -122,13 +131,7 @@ def test_the_metadata_a_reattach_gave_back_stays_out_while_the_table_is_written_
     go to the same table and checkpoints run, so only what was written since is held."""
     f = LedgerFile(tmp_path / "l.duckdb")
     cur = f.cursor()
-    cols = ", ".join(f"c{i} VARCHAR" for i in range(30))
-    cur.execute(f"CREATE TABLE t (i BIGINT, {cols})")
-    values = ", ".join(f"'v' || (range % 991)::VARCHAR || '{i}'" for i in range(30))
-
-    def write(start: int, stop: int) -> None:
-        for lo in range(start, stop, 8_192):
-            cur.execute(f"INSERT INTO t SELECT range, {values} FROM range(?, ?)", [lo, lo + 8_192])
+    write = _wide_table(cur)
 
     assert f.reattach()
     settled = _glibc_in_use()
