@@ -233,7 +233,7 @@ class Ledger:
                                              [since]).fetchall()
                     self._by_day, self._by_day_from = SpendTotals(BY_DAY, rows), since
             if since > self._by_day_from:  # a later period: the days before it are not asked for any more
-                self._by_day.snapshot(keep=lambda k: bool(k[1] >= since))
+                self._by_day.drop(keep=lambda k: bool(k[1] >= since))
                 self._by_day_from = since
             if tenant is not None:
                 last = until or since + dt.timedelta(days=31)

@@ -108,14 +108,18 @@ class SpendTotals:
                 t[i] += g[f"{c}_sum"] or 0  # a sum over nulls only (unpriced calls) is null
             t[4] += g["count_all"]
 
-    def snapshot(self, keep: Callable[[tuple[Any, ...]], bool] | None = None) -> list[tuple[tuple[Any, ...], Totals]]:
+    def snapshot(self) -> list[tuple[tuple[Any, ...], Totals]]:
         """The totals of every key that has calls (a key whose calls were all replaced by re-settles, or found to
-        be duplicates, is left out). ``keep``: keys it refuses are dropped for good."""
+        be duplicates, is left out)."""
         with self._lock:
             self._fold()
-            if keep is not None:
-                self._by_key = {k: t for k, t in self._by_key.items() if keep(k)}
             return [(k, (t[0], t[1], t[2], t[3], t[4])) for k, t in self._by_key.items() if t[4] > 0]
+
+    def drop(self, keep: Callable[[tuple[Any, ...]], bool]) -> None:
+        """Forget for good the keys ``keep`` refuses (rows held for them are folded first)."""
+        with self._lock:
+            self._fold()
+            self._by_key = {k: t for k, t in self._by_key.items() if keep(k)}
 
     def get(self, keys: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], Totals]:
         """The totals of those of ``keys`` that have calls."""
