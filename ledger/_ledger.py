@@ -44,7 +44,16 @@ _SUPPORT_DDL = (
     "ALTER TABLE traces ADD COLUMN IF NOT EXISTS last_seq BIGINT",
     "CREATE TABLE IF NOT EXISTS trace_links (trace_id VARCHAR NOT NULL, linked_trace_id VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
+    # The settled watermark, one row appended by each write (the newest write_no holds it); see WATERMARK_KEEP.
+    "CREATE TABLE IF NOT EXISTS settled_watermarks (write_no BIGINT NOT NULL, value BIGINT NOT NULL)",
 )
+
+# The watermark is appended by each write, not updated in place: a transaction that UPDATEs any row does not
+# checkpoint automatically while another connection has a transaction open (DuckDB 1.5; a settler lookup, a query,
+# /metrics), so the rows appended since the last checkpoint piled up in DuckDB's memory (up to 164 MiB where
+# appends alone stayed under 30: bench/README.md, 2026-12-02 07:45). Inserts and deletes do not hold it back.
+# Every this many writes, one of them deletes the rows before its own.
+WATERMARK_KEEP = 1_000
 
 
 # The other reports of a call are looked for among the calls that started within an hour of it: two spans reporting
@@ -154,8 +163,11 @@ class Ledger:
             if existed is not None and existed[0] == 0:  # first start with a shared ledger: publish the past too
                 self._con.execute("INSERT INTO lake_outbox SELECT trace_id, nextval('lake_outbox_version') "
                                   "FROM traces")
-        self._con.execute("INSERT INTO ledger_meta SELECT 'settled_watermark', 0 WHERE NOT EXISTS "
-                          "(SELECT 1 FROM ledger_meta WHERE key = 'settled_watermark')")
+        # Ledger files written before settled_watermarks kept the watermark in ledger_meta (updated in place).
+        self._con.execute("INSERT INTO settled_watermarks SELECT 0, coalesce((SELECT value FROM ledger_meta WHERE "
+                          "key = 'settled_watermark'), 0) WHERE NOT EXISTS (SELECT 1 FROM settled_watermarks)")
+        rows = self._con.execute("SELECT max(write_no) FROM settled_watermarks").fetchall()
+        self._write_no = int(rows[0][0]) if rows and rows[0][0] is not None else 0
         create_views(self._con)
         # Whether some settled trace may still wait for a linked trace: until one does, ``dependents`` has nothing
         # to find and skips its query (one per settle tick). Conservative: once set, it stays set.
@@ -204,9 +216,9 @@ class Ledger:
 
     def watermark(self) -> int:
         with guard(self._src), self._read_lock:
-            rows = self._reader.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall()
+            rows = self._reader.execute("SELECT arg_max(value, write_no) FROM settled_watermarks").fetchall()
             row = rows[0] if rows else None
-        return int(row[0]) if row else 0
+        return int(row[0]) if row and row[0] is not None else 0
 
     def spend_totals(self) -> list[tuple[tuple[str | None, str | None, str | None], Totals]]:
         """Effective cost, input, output and cache-read tokens and calls of all billable calls in the ledger, by
@@ -390,9 +402,10 @@ class Ledger:
                 if self._outbox:
                     con.execute("INSERT OR REPLACE INTO lake_outbox SELECT trace_id, "
                                 "nextval('lake_outbox_version') FROM _traces")
-                # An UPDATE of the one row (created with the table), not an upsert: ~10x cheaper per tick.
-                con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'settled_watermark'",
-                            [settlement.watermark])
+                write_no = self._write_no + 1
+                con.execute("INSERT INTO settled_watermarks VALUES (?, ?)", [write_no, settlement.watermark])
+                if write_no % WATERMARK_KEEP == 0:
+                    con.execute("DELETE FROM settled_watermarks WHERE write_no < ?", [write_no])
                 # Before the commit: if it fails, the extra keys and traces are only false positives.
                 with self._filters_lock:
                     self._seen.add(key_list, newest_ns)
@@ -402,6 +415,7 @@ class Ledger:
                 con.execute("ROLLBACK")
                 raise
             # Committed; still under the write lock, so in commit order.
+            self._write_no = write_no
             for t, sign, rows in deltas:
                 t.add(rows, sign)
             for t in active:

@@ -401,7 +401,7 @@ def test_the_ledger_answers_the_settler_while_a_write_transaction_is_open(tmp_pa
         with ledger._lock:
             ledger._con.execute("BEGIN TRANSACTION")
             ledger._con.execute("INSERT INTO traces VALUES (?, 'r', 't', NULL, false, 1, now(), 90, 90)", [z])
-            ledger._con.execute("UPDATE ledger_meta SET value = 90 WHERE key = 'settled_watermark'")
+            ledger._con.execute("INSERT INTO settled_watermarks VALUES (99, 90)")
             in_txn.set()
             done.wait(10)
             ledger._con.execute("ROLLBACK")

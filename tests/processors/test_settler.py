@@ -503,7 +503,7 @@ def test_any_memory_bound_and_arrival_split_gives_the_same_ledger(
             start = b
     s.flush()
     assert calls(con) == calls(ref_con)
-    assert con.execute("SELECT value FROM ledger_meta WHERE key = 'settled_watermark'").fetchall() == [(len(ALL),)]
+    assert con.execute("SELECT arg_max(value, write_no) FROM settled_watermarks").fetchall() == [(len(ALL),)]
 
 
 def test_in_process_the_next_batch_is_computed_while_a_batch_is_written(tmp_path: Path) -> None:
