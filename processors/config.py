@@ -63,9 +63,11 @@ class ProcessorsConfig(_Strict):
     max_batch_spans: int = Field(default=16_384, gt=0)
     """Most spans settled in one ledger transaction (a backlog is settled in several): bounds the transient
     memory of a settle (records, Arrow tables) however far behind the settler fell. The default is the ledger's row
-    group (16 384 rows, ledger._file.ROW_GROUP_SIZE): larger transactions cost less a row in a DuckDB-only loop, but
-    in serve, batches of 20 000 and 32 768 spans left up to ~250 MiB of rows in DuckDB's memory, pushed the table's
-    cached blocks out and stalled writes for up to 4.4 s (bench/README.md, 2026-12-02 05:15)."""
+    group (16 384 rows, ledger._file.ROW_GROUP_SIZE), so a transaction's calls fit in one: DuckDB writes a larger one
+    straight to row groups of its own (a part-filled last one doubles the file), and each smaller transaction after
+    it (a tick's remainder) starts a new in-memory row group of ~25 MiB that the WAL-sized checkpoint does not count:
+    with batches of 20 000 and 32 768 spans serve held ~250 MiB of such rows and stalled writes for up to 4.4 s
+    (bench/README.md, 2026-12-02 05:15 and 07:45)."""
     settled_cache_traces: int = Field(default=20_000, ge=0)
     """Recently settled traces remembered (the sequence numbers of their spans in the spool, and their summary for
     linked traces; ~200 bytes each) so a late span re-settles its trace from that part of the spool, not a scan of
