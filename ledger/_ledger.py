@@ -51,7 +51,8 @@ _SUPPORT_DDL = (
 # The watermark is appended by each write, not updated in place: a transaction that UPDATEs any row does not
 # checkpoint automatically while another connection has a transaction open (DuckDB 1.5; a settler lookup, a query,
 # /metrics), so the rows appended since the last checkpoint piled up in DuckDB's memory (up to 164 MiB where
-# appends alone stayed under 30: bench/README.md, 2026-12-02 07:45). Inserts and deletes do not hold it back.
+# appends alone stayed under 30: bench/README.md, 2026-12-02 07:45). Inserts and deletes do not hold it back; the
+# is_duplicate UPDATE runs only when a flag changes (rare), and then the next write's commit checkpoints.
 # Every this many writes, one of them deletes the rows before its own.
 WATERMARK_KEEP = 1_000
 
