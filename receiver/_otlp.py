@@ -250,7 +250,10 @@ def _kept_attributes(
     genai = False
     max_len = filt.max_value_length
     reason = ""
-    for key, raw in attrs.items():
+    # Keys, then a lookup each: protobuf's map has no C-level items(), and the generic ItemsView's generator cost
+    # ~0.9 us a span more (~15 attributes).
+    for key in attrs:
+        raw = attrs[key]
         decision = cache.get(key)
         if decision is None:
             decision = _classify_key(key, filt)

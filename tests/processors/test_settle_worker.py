@@ -20,7 +20,7 @@ import pytest
 from ledger import Ledger
 from processors import LinkedContext, ProcessorsConfig, Settler, TraceResult, records_table
 from processors._pricing import Pricer, PricingConfig
-from processors._workers import SettleWorker, settle_traces
+from processors._workers import SettleWorker, _decode_batch, _encode_batch, settle_traces
 from processors.config import IdentityConfig
 from receiver import JSONAttributes, StagedSpan
 from tests.conftest import fixture_names
@@ -82,6 +82,29 @@ def test_spans_carrying_their_attributes_as_json_text_settle_as_with_dicts(worke
     assert remote[1].num_rows > 50
     _same(remote, local)
     assert all(s.attributes._parsed is None for s in texts if isinstance(s.attributes, JSONAttributes))
+
+
+def test_the_batch_wire_format_keeps_every_span_field_event_link_and_context() -> None:
+    """What the worker decodes is what the settler sent: every field of every span, in its trace, in order; the
+    events and links; attributes sent as JSON text come back as the same dicts as those sent as dicts."""
+    spans = [s for name in fixture_names() for s in load_spans(name)] + ALL
+    assert any(s.events for s in spans) and any(s.links for s in spans)
+    mixed = [dataclasses.replace(s, attributes=JSONAttributes(orjson.dumps(dict(s.attributes)).decode())) if i % 2
+             else s for i, s in enumerate(spans)]
+    order, batch = _batch(spans)
+    _, mixed_batch = _batch(mixed)
+    outside = {"f" * 32: LinkedContext("f" * 32, "req-f", "tenant-f", None)}
+    for sent in (batch, mixed_batch):
+        got_order, got, got_outside = _decode_batch(*_encode_batch(order, sent, outside))
+        assert got_order == order and got_outside == outside
+        assert got == batch
+    all_text = {tid: [s for s in mixed if s.trace_id == tid and isinstance(s.attributes, JSONAttributes)]
+                for tid in order}
+    all_text = {tid: ss for tid, ss in all_text.items() if ss}
+    _, got, _ = _decode_batch(*_encode_batch(list(all_text), all_text, {}))
+    assert {tid: [dataclasses.replace(s, attributes=dict(s.attributes)) for s in ss] for tid, ss in all_text.items()} \
+        == got
+    assert _decode_batch(*_encode_batch([], {}, {})) == ([], {}, {})
 
 
 def test_worker_killed_is_restarted_and_the_settler_loses_nothing(tmp_path: Path) -> None:
