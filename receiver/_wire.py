@@ -1,5 +1,5 @@
-"""A decode-only view of ExportTraceServiceRequest in which each span's attributes are a map of key -> the encoded
-AnyValue bytes, and the decoding of those bytes. Same wire format, read ~3x faster in Python than KeyValue messages.
+"""A decode-only view of ExportTraceServiceRequest in which each span's attributes are the encoded KeyValue bytes,
+and the decoding of those bytes. Same wire format, read ~3x faster in Python than KeyValue messages.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from receiver._model import AttrValue
 
 # Why a second schema: protobuf's Python objects cost ~0.4 us per KeyValue to create and as much again for its
-# AnyValue, at ~15 attributes per span the largest cost of receiving a span. A map field is encoded exactly as a
-# repeated message whose key is field 1 and value field 2 (protobuf encoding guide, "Maps"), which is what
-# KeyValue is (opentelemetry/proto/common/v1/common.proto: key = 1, value = 2), so declaring Span.attributes
-# (field 9) as map<string, bytes> reads the same bytes into one C-built map of str -> the AnyValue's own
-# encoding. Everything else keeps the OTLP types (Resource, Event, Link, Status); fields this view does not
-# declare (trace_state, flags, dropped counts, schema_url) are skipped as unknown fields.
+# AnyValue, at ~15 attributes per span the largest cost of receiving a span. A message field is length-delimited
+# on the wire, as a bytes field is (protobuf encoding guide, "Length-Delimited Records"), so declaring
+# Span.attributes (field 9) as repeated bytes reads the same bytes into one C-built list of each KeyValue's own
+# encoding (opentelemetry/proto/common/v1/common.proto: key = 1, value = 2), split by ``split_key_value``. The
+# encoding itself is what extraction caches (receiver._otlp): most attributes repeat byte for byte from span to
+# span (model, provider, tenant), and a bytes object is looked up without decoding anything. Until 2026-12-02 the
+# field was a map<string, bytes> (a KeyValue is encoded as a map entry): its keys are decoded into new strings on
+# every read, and one key that is not UTF-8 refused the whole request. Everything else keeps the OTLP types
+# (Resource, Event, Link, Status); fields this view does not declare (trace_state, flags, dropped counts,
+# schema_url) are skipped as unknown fields.
 _PKG = "tenantledger.receiver.wire"
 _F = descriptor_pb2.FieldDescriptorProto
 _TRACE = ".opentelemetry.proto.trace.v1."
@@ -45,7 +49,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
 
     one, many = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
     # Field numbers and wire types of opentelemetry/proto/trace/v1/trace.proto, Span.
-    span = message("Span", [
+    message("Span", [
         ("trace_id", 1, _F.TYPE_BYTES, one, ""),
         ("span_id", 2, _F.TYPE_BYTES, one, ""),
         ("parent_span_id", 4, _F.TYPE_BYTES, one, ""),
@@ -53,15 +57,13 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         ("kind", 6, _F.TYPE_INT32, one, ""),  # an enum on the wire is its varint
         ("start_time_unix_nano", 7, _F.TYPE_FIXED64, one, ""),
         ("end_time_unix_nano", 8, _F.TYPE_FIXED64, one, ""),
-        ("attributes", 9, _F.TYPE_MESSAGE, many, f".{_PKG}.Span.AttributesEntry"),
+        ("attributes", 9, _F.TYPE_BYTES, many, ""),
         ("events", 11, _F.TYPE_MESSAGE, many, _TRACE + "Span.Event"),
         ("links", 13, _F.TYPE_MESSAGE, many, _TRACE + "Span.Link"),
         ("status", 15, _F.TYPE_MESSAGE, one, _TRACE + "Status"),
     ])
-    entry = span.nested_type.add(name="AttributesEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=one)
-    entry.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=one)
+    # KeyValue with its value left encoded: what split_key_value falls back to.
+    message("KeyValue", [("key", 1, _F.TYPE_STRING, one, ""), ("value", 2, _F.TYPE_BYTES, one, "")])
     message("ScopeSpans", [
         ("scope", 1, _F.TYPE_MESSAGE, one, ".opentelemetry.proto.common.v1.InstrumentationScope"),
         ("spans", 2, _F.TYPE_MESSAGE, many, f".{_PKG}.Span"),
@@ -74,16 +76,17 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     return f
 
 
-def _request_class() -> Any:
+def _classes() -> tuple[Any, Any]:
     # A private pool: nothing is added to protobuf's default pool, which the application's own code shares.
     pool = descriptor_pool.DescriptorPool()
     for module in (common_pb2, resource_pb2, trace_pb2):
         pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
     pool.Add(_file())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PKG}.ExportTraceServiceRequest"))
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PKG}.{name}"))  # type: ignore[return-value]
+                 for name in ("ExportTraceServiceRequest", "KeyValue"))
 
 
-WireRequest: Any = _request_class()
+WireRequest, _KeyValueView = _classes()
 _AnyValue = common_pb2.AnyValue
 _DOUBLE = struct.Struct("<d")
 
@@ -91,6 +94,26 @@ _DOUBLE = struct.Struct("<d")
 def wire_from_request(req: trace_service_pb2.ExportTraceServiceRequest) -> Any:
     """The attribute-map view of an already-decoded request (OTLP/JSON, tests)."""
     return WireRequest.FromString(req.SerializeToString())
+
+
+def split_key_value(raw: bytes) -> tuple[str, bytes]:
+    """An encoded KeyValue -> its key and its value's encoding (an AnyValue). The encoding every SDK writes (the key,
+    then the value, each shorter than 128 bytes; the value shorter than 16 384) is read directly; anything else
+    (fields in another order or repeated, unknown fields, longer keys) goes through protobuf, which reads it as a
+    KeyValue message would be read, but for a repeated value, whose last copy wins. Raises UnicodeDecodeError
+    or DecodeError for a key that is not UTF-8, DecodeError for bytes that are not a KeyValue."""
+    n = len(raw)
+    if n > 3 and raw[0] == 0x0A:  # key: field 1, length-delimited
+        i = 2 + raw[1]
+        if raw[1] < 0x80 and i + 1 < n and raw[i] == 0x12:  # value: field 2, length-delimited
+            size = raw[i + 1]
+            if size < 0x80:
+                if i + 2 + size == n:
+                    return raw[2:i].decode(), raw[i + 2:]
+            elif i + 2 < n and raw[i + 2] < 0x80 and i + 3 + ((size & 0x7F) | raw[i + 2] << 7) == n:
+                return raw[2:i].decode(), raw[i + 3:]
+    kv = _KeyValueView.FromString(raw)
+    return kv.key, kv.value
 
 
 def decode_any_value(raw: bytes) -> AttrValue:
@@ -165,4 +188,4 @@ def any_value(v: Any) -> AttrValue:
     return None
 
 
-__all__ = ["WireRequest", "any_value", "decode_any_value", "wire_from_request"]
+__all__ = ["WireRequest", "any_value", "decode_any_value", "split_key_value", "wire_from_request"]

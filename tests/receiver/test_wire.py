@@ -14,9 +14,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from processors.config import IdentityConfig
-from receiver import AttributeFilter
+from receiver import AttributeFilter, _otlp
 from receiver._decode import extract_body
-from receiver._wire import any_value, decode_any_value
+from receiver._wire import any_value, decode_any_value, split_key_value
 from tenantledger.app import EXTRA_KEYS
 
 FILTER = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS, 65_536)
@@ -126,3 +126,95 @@ def test_any_bytes_read_as_protobuf_reads_them_or_are_refused_as_it_refuses_them
         assert isinstance(got, float) and math.isnan(got)
     else:
         assert got == want and type(got) is type(want), raw
+
+
+def _protobuf_pair(raw: bytes) -> object:
+    try:
+        kv = KeyValue.FromString(raw)
+    except DecodeError:
+        return DecodeError
+    return kv.key, any_value(kv.value)
+
+
+def _our_pair(raw: bytes) -> object:
+    try:
+        key, value = split_key_value(raw)
+        return key, decode_any_value(value)
+    except (DecodeError, UnicodeDecodeError):
+        return DecodeError
+
+
+def _key_values() -> list[bytes]:
+    keys = ["", "gen_ai.request.model", "k" * 127, "k" * 128, "é" * 70]
+    out = [KeyValue(key=k, value=v).SerializeToString() for k in keys for v in _values()[:6]]
+    out += [KeyValue(key="tenant.id").SerializeToString(),  # no value at all
+            KeyValue(value=AnyValue(string_value="v")).SerializeToString()]  # no key
+    v = AnyValue(string_value="v").SerializeToString()
+    out += [b"\x12" + bytes([len(v)]) + v + b"\x0a\x01k",  # value before key
+            b"\x0a\x01a\x0a\x01b\x12" + bytes([len(v)]) + v,  # the key twice: the last wins
+            b"\x0a\x01k\x12" + bytes([len(v)]) + v + b"\x18\x07",  # an unknown field after the value
+            b"\x0a\x01k\x12\x80\x00"]  # a length in a varint longer than it needs
+    return out
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=st.sampled_from(_key_values())
+       | st.builds(lambda kv, cut: kv[:cut], st.sampled_from(_key_values()), st.integers(0, 200))
+       | st.builds(lambda kv, pos, byte: kv[:pos] + bytes([byte]) + kv[pos + 1:], st.sampled_from(_key_values()),
+                   st.integers(0, 40), st.integers(0, 255))
+       | st.binary(max_size=12))
+def test_an_attribute_reads_as_protobuf_reads_a_key_value_or_is_refused_as_it_refuses_it(raw: bytes) -> None:
+    """Span.attributes are read as each KeyValue's bytes (receiver._wire): the key and the value come out as
+    protobuf's KeyValue gives them, and what protobuf refuses is refused (so the span alone is rejected)."""
+    got, want = _our_pair(raw), _protobuf_pair(raw)
+    if want is not DecodeError and isinstance(want[1], float) and math.isnan(want[1]):  # type: ignore[index]
+        assert isinstance(got, tuple) and math.isnan(got[1])
+    else:
+        assert got == want, raw
+
+
+def test_a_key_that_is_not_utf8_rejects_its_span_alone_and_the_batch_is_kept() -> None:
+    """Protobuf refuses a whole request whose attribute key is not UTF-8 (proto3 strings; so did this view while it
+    read attributes as a map); now only the span that carries it is rejected (OTLP partial success)."""
+    body = _request([("gen_ai.request.model", AnyValue(string_value="gpt-4o")),
+                     ("tenant.idx", AnyValue(string_value="acme"))]).SerializeToString()
+    ex = extract_body(body.replace(b"tenant.idx", b"tenant.i\xffx", 1), FILTER, None, 100)
+    assert len(ex) == 2 and ex.rejected == 1
+    assert ex.rejected_by_reason == {"invalid_attribute": 1}
+    assert "an attribute is not a valid OTLP KeyValue (keys must be UTF-8)" in ex.error_message()
+
+
+def test_attributes_seen_before_read_the_same_and_what_is_remembered_is_bounded() -> None:
+    """Repeated attribute encodings are remembered, not read again: the spans read the same the second time,
+    a key whose value differs on every span (a response id) is remembered at most _MAX_VALUES_PER_KEY times,
+    and the whole is bounded by _MAX_REMEMBERED, however many distinct attributes arrive."""
+    filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS, 65_536)
+    shared = [("gen_ai.request.model", AnyValue(string_value="gpt-4o")), ("tenant.id", AnyValue(string_value="a")),
+              ("gen_ai.response.finish_reasons", AnyValue(array_value={"values": [AnyValue(string_value="stop")]}))]
+    first = extract_body(_request(shared, spans=50).SerializeToString(), filt, None, 100)
+    again = extract_body(_request(shared, spans=50).SerializeToString(), filt, None, 100)
+    assert first.attributes == again.attributes and first.attribute_dicts == again.attribute_dicts
+    assert again.attribute_dicts[7] == {"gen_ai.request.model": "gpt-4o", "tenant.id": "a",
+                                        "gen_ai.response.finish_reasons": ["stop"]}
+    # span.no (0..49) is dropped: remembered as dropped (its key is not read again), its value never read
+    assert len(filt.known_attributes) == 3 + 50
+    assert {v for k, v in filt.known_attributes.items() if b"span.no" in k} == {(0, False, "span.no", None)}
+
+    ids = [("gen_ai.response.id", AnyValue(string_value=f"resp-{i}")) for i in range(_otlp._MAX_VALUES_PER_KEY + 500)]
+    for chunk in range(0, len(ids), 100):
+        req = ExportTraceServiceRequest()
+        ss = req.resource_spans.add().scope_spans.add()
+        for i, (k, v) in enumerate(ids[chunk:chunk + 100]):
+            sp = ss.spans.add(trace_id=b"\xab" * 16, span_id=(chunk + i + 1).to_bytes(8, "big"), name="chat", kind=3,
+                              start_time_unix_nano=1, end_time_unix_nano=2)
+            sp.attributes.add(key=k, value=v)
+        ex = extract_body(req.SerializeToString(), filt, None, 100)
+        sent = [v.string_value for _, v in ids[chunk:chunk + 100]]
+        assert [a["gen_ai.response.id"] for a in ex.attribute_dicts] == sent
+    assert filt.value_counts["gen_ai.response.id"] == _otlp._MAX_VALUES_PER_KEY
+    assert len(filt.known_attributes) == 3 + 50 + _otlp._MAX_VALUES_PER_KEY
+
+    for n in range(_otlp._MAX_REMEMBERED // 1000 + 2):  # many keys, each with many values
+        attrs = [(f"gen_ai.custom.k{n}", AnyValue(int_value=i)) for i in range(1000)]
+        extract_body(_request(attrs, spans=1).SerializeToString(), filt, None, 100)
+        assert len(filt.known_attributes) <= _otlp._MAX_REMEMBERED
