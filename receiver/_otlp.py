@@ -150,7 +150,7 @@ def _parse(message: Any, body: bytes) -> Any:
 
 
 def decode_wire(body: bytes) -> Any:
-    """A protobuf body -> the attribute-map view that ``extract`` reads fastest (receiver._wire)."""
+    """A protobuf body -> the wire view that ``extract`` reads fastest (receiver._wire)."""
     return _parse(WireRequest, body)
 
 
@@ -355,7 +355,7 @@ def extract(
     validate: SpanValidator | None = None,
     max_spans: int | None = None,
 ) -> Extracted:
-    """Pull staged-span columns out of a request: an ExportTraceServiceRequest or its attribute-map view
+    """Pull staged-span columns out of a request: an ExportTraceServiceRequest or its wire view
     (receiver._wire, what ``decode_wire`` returns). Bad spans are rejected alone (OTLP partial success)."""
     if isinstance(req, ExportTraceServiceRequest):
         req = wire_from_request(req)

@@ -62,8 +62,6 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         ("links", 13, _F.TYPE_MESSAGE, many, _TRACE + "Span.Link"),
         ("status", 15, _F.TYPE_MESSAGE, one, _TRACE + "Status"),
     ])
-    # KeyValue with its value left encoded: what split_key_value falls back to.
-    message("KeyValue", [("key", 1, _F.TYPE_STRING, one, ""), ("value", 2, _F.TYPE_BYTES, one, "")])
     message("ScopeSpans", [
         ("scope", 1, _F.TYPE_MESSAGE, one, ".opentelemetry.proto.common.v1.InstrumentationScope"),
         ("spans", 2, _F.TYPE_MESSAGE, many, f".{_PKG}.Span"),
@@ -76,32 +74,32 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     return f
 
 
-def _classes() -> tuple[Any, Any]:
+def _request_class() -> Any:
     # A private pool: nothing is added to protobuf's default pool, which the application's own code shares.
     pool = descriptor_pool.DescriptorPool()
     for module in (common_pb2, resource_pb2, trace_pb2):
         pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
     pool.Add(_file())
-    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PKG}.{name}"))  # type: ignore[return-value]
-                 for name in ("ExportTraceServiceRequest", "KeyValue"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PKG}.ExportTraceServiceRequest"))
 
 
-WireRequest, _KeyValueView = _classes()
+WireRequest: Any = _request_class()
+_KeyValue = common_pb2.KeyValue
 _AnyValue = common_pb2.AnyValue
 _DOUBLE = struct.Struct("<d")
 
 
 def wire_from_request(req: trace_service_pb2.ExportTraceServiceRequest) -> Any:
-    """The attribute-map view of an already-decoded request (OTLP/JSON, tests)."""
+    """The wire view of an already-decoded request (OTLP/JSON, tests)."""
     return WireRequest.FromString(req.SerializeToString())
 
 
 def split_key_value(raw: bytes) -> tuple[str, bytes]:
     """An encoded KeyValue -> its key and its value's encoding (an AnyValue). The encoding every SDK writes (the key,
-    then the value, each shorter than 128 bytes; the value shorter than 16 384) is read directly; anything else
-    (fields in another order or repeated, unknown fields, longer keys) goes through protobuf, which reads it as a
-    KeyValue message would be read, but for a repeated value, whose last copy wins. Raises UnicodeDecodeError
-    or DecodeError for a key that is not UTF-8, DecodeError for bytes that are not a KeyValue."""
+    then the value, each shorter than 128 bytes; the value shorter than 16 384) is read directly, its value left
+    encoded; anything else (fields in another order or repeated, unknown fields, longer keys) is read by protobuf's
+    KeyValue, value included, and the value encoded again. Raises UnicodeDecodeError or DecodeError for a key that
+    is not UTF-8, DecodeError for bytes that are not a KeyValue."""
     n = len(raw)
     if n > 3 and raw[0] == 0x0A:  # key: field 1, length-delimited
         i = 2 + raw[1]
@@ -112,8 +110,8 @@ def split_key_value(raw: bytes) -> tuple[str, bytes]:
                     return raw[2:i].decode(), raw[i + 2:]
             elif i + 2 < n and raw[i + 2] < 0x80 and i + 3 + ((size & 0x7F) | raw[i + 2] << 7) == n:
                 return raw[2:i].decode(), raw[i + 3:]
-    kv = _KeyValueView.FromString(raw)
-    return kv.key, kv.value
+    kv = _KeyValue.FromString(raw)
+    return kv.key, kv.value.SerializeToString()
 
 
 def decode_any_value(raw: bytes) -> AttrValue:

@@ -228,6 +228,11 @@ class Service:
         # 2026-12-01 18:30). Elsewhere these settings do nothing.
         self.con.execute(f"SET allocator_flush_threshold = '{sixteenth}MiB'")
         self.con.execute("SET allocator_background_threads = true")
+        # DuckDB's blocks (its cache, up to the cap) come from a region of their own that is never given back: the
+        # process holds its cache's high-water mark from then on, instead of giving back and taking again the
+        # 100+ MiB by which the cache swings between checkpoints and evictions, which made RSS swing as much
+        # (20.8 % in a 10-minute steady run; 4 % with it, bench/README.md, 2026-12-02 13:15).
+        self.con.execute(f"SET block_allocator_memory = '{duckdb_mib}MiB'")
         threads = config.ledger.duckdb_threads or duckdb_threads(len(self.workers) + self.decoder.workers)
         self.con.execute(f"SET threads = {threads}")
         # After the schema exists: no query may reach files, ATTACH or extensions (docs/security.md).

@@ -1,5 +1,5 @@
-"""The attribute-map view of OTLP requests (receiver._wire): it reads every AnyValue exactly as protobuf's own
-messages do, and a bad value rejects only its span."""
+"""The wire view of OTLP requests (receiver._wire; attributes as encoded KeyValues): it reads every key and
+AnyValue exactly as protobuf's own messages do, and a bad one rejects only its span."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def test_fuzz_protobuf(body: bytes, cut: int, flip: list[tuple[int, int]]) -> No
     try:
         req = decode_wire(bytes(data))  # what the server decodes with (receiver._wire)
     except InvalidRequest:
-        assert strict is None, "the attribute-map view refused a body protobuf accepts"
+        assert strict is None, "the wire view refused a body protobuf accepts"
         return
     _through_pipeline(req)
 
