@@ -260,7 +260,7 @@ class _BadAttribute(Exception):
 _Read = tuple[int, bool, str, AttrValue]  # (what to keep, marks the span GenAI, shared key, value)
 
 
-def _read_attribute(raw: bytes, filt: AttributeFilter, cache: dict[str, tuple[int, bool, str]]) -> _Read:
+def _read_attribute(raw: bytes, filt: AttributeFilter) -> _Read:
     """One encoded KeyValue read: the key's decision (cached per key: keys repeat on every span) and, only when the
     key is kept, its value. Raises _BadAttribute when the attribute costs its span."""
     try:
@@ -268,6 +268,7 @@ def _read_attribute(raw: bytes, filt: AttributeFilter, cache: dict[str, tuple[in
     except (UnicodeDecodeError, DecodeError):
         raise _BadAttribute("an attribute is not a valid OTLP KeyValue (keys must be UTF-8)",
                             "invalid_attribute") from None
+    cache = filt.decisions
     decision = cache.get(key)
     if decision is None:
         decision = _classify_key(key, filt)
@@ -311,13 +312,13 @@ def _remember(raw: bytes, read: _Read, filt: AttributeFilter) -> None:
 
 
 def _kept_attributes(
-    attrs: Sequence[bytes], filt: AttributeFilter, problems: list[str], cache: dict[str, tuple[int, bool, str]]
+    attrs: Sequence[bytes], filt: AttributeFilter, problems: list[str]
 ) -> tuple[dict[str, AttrValue], bool, str]:
     """The span's kept attributes, whether it is a GenAI span and the reason class of its first problem, in one
     pass over its attributes (each an encoded KeyValue, see receiver._wire). An encoding seen before is not read
     again: its key, decision and value are remembered (filt.known_attributes), and the values are shared between
     spans, which treat their attributes as read-only (receiver.StagedSpan). ~5 us a span less than reading every
-    one (bench/README.md, 2026-12-02 13:50)."""
+    one (bench/README.md, 2026-12-02 13:15)."""
     out: dict[str, AttrValue] = {}
     wire: list[str] | None = None
     genai = False
@@ -327,7 +328,7 @@ def _kept_attributes(
         read = known.get(raw)
         if read is None:
             try:
-                read = _read_attribute(raw, filt, cache)
+                read = _read_attribute(raw, filt)
             except _BadAttribute as e:
                 problems.append(str(e))
                 reason = reason or e.reason
@@ -369,7 +370,6 @@ def extract(
             f"request carries {total} spans, over max_spans_per_request ({max_spans}): export smaller batches "
             "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise the limit"
         )
-    cache = filt.decisions
     for rs in req.resource_spans:
         res_attrs: dict[str, AttrValue] = {}
         for kv in rs.resource.attributes:
@@ -382,8 +382,7 @@ def extract(
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None
             for span in ss.spans:
-                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json, res_attrs,
-                              cache)
+                _extract_span(span, out, filt, validate, service_name, scope_name, scope_version, res_json, res_attrs)
     return out
 
 
@@ -407,7 +406,6 @@ def _extract_span(
     scope_version: str | None,
     res_json: str,
     res_attrs: dict[str, AttrValue],
-    cache: dict[str, tuple[int, bool, str]],
 ) -> None:
     tid = bytes(span.trace_id)
     sid = bytes(span.span_id)
@@ -425,7 +423,7 @@ def _extract_span(
     if span.start_time_unix_nano > _MAX_NS or span.end_time_unix_nano > _MAX_NS:
         problems.append("start/end time is after the year 2262 (not representable): check the exporter's clock")
         reason = reason or "invalid_time"
-    attrs, genai, attr_reason = _kept_attributes(span.attributes, filt, problems, cache)
+    attrs, genai, attr_reason = _kept_attributes(span.attributes, filt, problems)
     reason = reason or attr_reason
     if validate is not None and genai:
         usage = validate(attrs)

@@ -231,7 +231,8 @@ class Service:
         # DuckDB's blocks (its cache, up to the cap) come from a region of their own that is never given back: the
         # process holds its cache's high-water mark from then on, instead of giving back and taking again the
         # 100+ MiB by which the cache swings between checkpoints and evictions, which made RSS swing as much
-        # (20.8 % in a 10-minute steady run; 4 % with it, bench/README.md, 2026-12-02 13:15).
+        # (20.8 % after the warm-up of the 10-minute steady run, 7.3 % with it; 20.4 % and 4.0 % in a 480 s run:
+        # bench/README.md, 2026-12-02 13:15).
         self.con.execute(f"SET block_allocator_memory = '{duckdb_mib}MiB'")
         threads = config.ledger.duckdb_threads or duckdb_threads(len(self.workers) + self.decoder.workers)
         self.con.execute(f"SET threads = {threads}")
