@@ -108,7 +108,7 @@ def build_requests(w: Workload) -> list[bytes]:
                 user = f"user-{rnd.randrange(1000)}"
                 feature = rnd.choice(FEATURES)
             trace_id = seed_tag + trace_no.to_bytes(12, "big")
-            span_id = (span_no + 1).to_bytes(8, "big")
+            span_id = seed_tag + (span_no + 1).to_bytes(4, "big")
             start = base_ns + span_no * 1_000_000
             sp = ss.spans.add()
             sp.trace_id = trace_id
@@ -164,7 +164,7 @@ def build_requests(w: Workload) -> list[bytes]:
 
 
 def _trace_tag(seed: int) -> bytes:
-    # Trace ids start with the seed, so restamping a request only has to swap these fixed-width bytes.
+    # Trace ids and span ids start with the seed, so restamping a request only has to swap these fixed-width bytes.
     return b"\xb7" + seed.to_bytes(3, "big")
 
 
@@ -189,8 +189,10 @@ def time_fields(body: bytes) -> np.ndarray:
 
 
 def restamp(body: bytes, old_seed: int, new_seed: int, times: np.ndarray | None = None, shift_ns: int = 0) -> bytes:
-    """The same request with fresh trace ids and response ids (new traces, new calls), without re-serializing:
-    the seed appears only as the prefix of each trace_id field (tag 0x0a, length 16) and of each response id.
+    """The same request with fresh trace ids, span ids and response ids (new traces, new calls), without
+    re-serializing: the seed appears only as the prefix of each trace_id field (Span field 1: tag 0x0a, length 16),
+    span_id and parent_span_id field (fields 2 and 4: tags 0x12 and 0x22, length 8) and response id. (A server
+    that keys spans by span id alone, as Phoenix does, would otherwise store a round's spans only once.)
     With ``times`` (``time_fields``), every span's start and end also move by ``shift_ns``: a long run's traffic
     then carries the times a live service would (span times that never advanced made every ledger lookup by time
     range cover the whole ledger, and made the dedup filter, which answers for recent times, useless after its
@@ -198,6 +200,8 @@ def restamp(body: bytes, old_seed: int, new_seed: int, times: np.ndarray | None 
     old_t, new_t = b"\x0a\x10" + _trace_tag(old_seed), b"\x0a\x10" + _trace_tag(new_seed)
     old_r, new_r = f"resp-{old_seed:08x}-".encode(), f"resp-{new_seed:08x}-".encode()
     out = body.replace(old_t, new_t).replace(old_r, new_r)
+    for tag in (b"\x12\x08", b"\x22\x08"):
+        out = out.replace(tag + _trace_tag(old_seed), tag + _trace_tag(new_seed))
     if times is None or not shift_ns:
         return out
     buf = np.frombuffer(bytearray(out), np.uint8)

@@ -2,11 +2,13 @@
 client process with pre-serialized 512-span requests; a run counts only when every span is settled in the ledger.
 
     python bench/ingest.py [--requests N] [--rounds R] [--repeats K] [--duration-s S] [--warmup-s W] [--skip-baseline]
+                           [--phoenix PATH/TO/phoenix]
 
 Prints spans/s on 1 and 2 cores and the ratio to bench/baseline.py measured in the same run (K interleaved
 repeats, median of the ratios), Export p50/p99 at 50 % of the 1-core maximum, spans/s per trace size (1, 10, 100,
 1000) and the server's RSS over a sustained run at 80 % of the 1-core maximum (after a warm-up at that load, while
-DuckDB's cache fills to its cap), with the server's own gauges of where its memory goes.
+DuckDB's cache fills to its cap), with the server's own gauges of where its memory goes. With --phoenix, also Arize
+Phoenix's rate on the same load (a 4 096-span burst and 50 176 spans sustained) and ours over it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from statistics import linear_regression, median
 
 from _load import ClientResult, LoadClient, Workload, machine, percentile, rss_mib
+from _phoenix import start_phoenix
 from baseline import run_baseline
 
 # The settle window is a deliberate wait, not work: it is configured short and subtracted from the end-to-end
@@ -213,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="baseline, 1-core and 2-core runs, interleaved, this many times; the verdicts use the median "
                         "of the per-repeat ratios (default 3)")
     p.add_argument("--skip-baseline", action="store_true", help="do not run bench/baseline.py first")
+    p.add_argument("--phoenix", metavar="EXE", default=None,
+                   help="a `phoenix` executable (arize-phoenix, optional, not a dependency): drive it with the same "
+                        "load after the 1- and 2-core runs and print our rate over Phoenix's (target >= 100)")
+    p.add_argument("--phoenix-cores", type=int, default=1,
+                   help="CPUs Phoenix is pinned to, from CPU 0 as the 1-core server is (default 1)")
+    p.add_argument("--phoenix-burst-requests", type=int, default=8,
+                   help="512-span requests in Phoenix's burst (default 8: 4 096 spans)")
+    p.add_argument("--phoenix-sustained-requests", type=int, default=98,
+                   help="512-span requests in Phoenix's sustained run (default 98: 50 176 spans)")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="receiver.decode_workers for the 2-core run (default: the server's default)")
     args = p.parse_args(argv)
@@ -221,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     main_w = Workload(args.requests, trace_size=10, seed=1)
     scaling = [Workload(args.scaling_requests, trace_size=t, seed=10 + i) for i, t in enumerate(sizes)]
     workloads = [main_w, *scaling]
+    phoenix_w: list[tuple[str, int, Workload]] = []
+    if args.phoenix:
+        for label, n, seed in (("burst", args.phoenix_burst_requests, 20), ("sustained",
+                                                                           args.phoenix_sustained_requests, 21)):
+            if n > 0:
+                phoenix_w.append((label, len(workloads), Workload(n, trace_size=10, seed=seed)))
+                workloads.append(phoenix_w[-1][2])
     ncpu = os.cpu_count() or 1
     print(f"machine: {machine()}", flush=True)
     print(f"load: {main_w.spans * args.rounds} spans per run in 512-span requests, traces of 10 spans "
@@ -270,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             scale = [t.e2e_rate / o.e2e_rate for o, t in zip(ones, twos, strict=True)]
             print(f"ratio 2 cores / 1 core: {median(scale):.2f} (target >= 1.7; per repeat {_list(scale)})",
                   flush=True)
+            if phoenix_w:
+                assert args.phoenix is not None
+                two_rate = median([r.e2e_rate for r in twos])
+                run_phoenix(args.phoenix, tmp, min(max(1, args.phoenix_cores), ncpu), client, phoenix_w,
+                            {"1 core": one_rate, f"{min(2, ncpu)} cores": two_rate})
             # 1 core, one server: latency at 50 % of the maximum, then the trace-size runs.
             srv = start_server(tmp, "one", 1)
             rate = 0.5 * one_rate / main_w.spans_per_request
@@ -323,6 +347,47 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.close()
     return 0
+
+
+def run_phoenix(exe: str, tmp: Path, cores: int, client: LoadClient, runs: Sequence[tuple[str, int, Workload]],
+                ours: Mapping[str, float]) -> None:
+    """Phoenix on the same load, from the same client: each workload once with fresh ids (its spans are keyed by
+    span id), timed from the first send until its `spans` table holds them all, as ours is until all are settled.
+    Phoenix acknowledges before it stores, so its acknowledged rate is printed too, but the ratios use stored."""
+    phx = start_phoenix(exe, tmp / "phoenix", set(range(cores)))
+    rates: dict[str, float] = {}
+    try:
+        print(f"Phoenix: {_phoenix_version(exe)}, {cores} core{'s' if cores > 1 else ''}, SQLite", flush=True)
+        for label, index, w in runs:
+            before = phx.stored_spans()
+            res = client.run(index, phx.grpc, rounds=1)
+            if res.errors or res.sent_spans != w.spans:
+                raise SystemExit(f"Phoenix: acknowledged {res.sent_spans} of {w.spans} spans: {res.errors[:3]}")
+            # Phoenix stores ~100-200 spans/s here (bench/README.md): a timeout 2.5x that slow is a stuck server.
+            stored, elapsed = phx.wait_stored(before + w.spans, res.t_start, max(600.0, w.spans / 40))
+            stored -= before
+            rates[label] = stored / elapsed
+            short = "" if stored >= w.spans else f" (only {stored:,} of {w.spans:,} stored when the wait ended)"
+            print(f"Phoenix {label} of {w.spans:,} spans: acknowledged in {res.elapsed_s:.1f} s "
+                  f"({w.spans / res.elapsed_s:,.0f} spans/s), stored in {elapsed:.1f} s "
+                  f"({rates[label]:,.0f} spans/s){short}", flush=True)
+    finally:
+        phx.stop()
+    for config, rate in ours.items():
+        parts = ", ".join(f"{label} {rate / r:.0f}x" for label, r in rates.items() if r > 0)
+        print(f"ratio ingest ({config}) / Phoenix ({cores} core{'s' if cores > 1 else ''}), spans stored end to end: "
+              f"{parts} (target >= 100)", flush=True)
+
+
+def _phoenix_version(exe: str) -> str:
+    """arize-phoenix's version, from the Python beside the executable (its virtualenv), when there is one."""
+    python = Path(exe).resolve().parent / "python"
+    try:
+        out = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('arize-phoenix'))"],
+                             capture_output=True, text=True, timeout=60)
+    except OSError:
+        return "arize-phoenix (version unknown)"
+    return f"arize-phoenix {out.stdout.strip()}" if out.returncode == 0 else "arize-phoenix (version unknown)"
 
 
 # How long after a re-attach of the ledger file (ledger.reattach_after_calls) RSS is below its plateau: DuckDB's

@@ -91,8 +91,9 @@ def test_budget_check_smoke() -> None:
 
 
 def test_restamp_gives_new_traces_and_calls_at_the_clocks_time() -> None:
-    """A restamped request is the same spans with new trace ids, new response ids and every start/end moved by
-    the shift (what a long run needs so that its traffic's times advance with the clock)."""
+    """A restamped request is the same spans with new trace ids, new span ids (parents following), new response
+    ids and every start/end moved by the shift (what a long run needs so that its traffic's times advance with the
+    clock, and a server that keys spans by span id alone sees new spans)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     from bench._load import Workload, build_requests, restamp, time_fields
@@ -107,8 +108,15 @@ def test_restamp_gives_new_traces_and_calls_at_the_clocks_time() -> None:
     for a, b in zip(after, before, strict=True):
         assert a.start_time_unix_nano == b.start_time_unix_nano + shift
         assert a.end_time_unix_nano == b.end_time_unix_nano + shift
-        assert a.trace_id != b.trace_id and a.trace_id[4:] == b.trace_id[4:] and a.span_id == b.span_id
+        assert a.trace_id != b.trace_id and a.trace_id[4:] == b.trace_id[4:]
+        assert a.span_id != b.span_id and a.span_id[4:] == b.span_id[4:]
+        assert (a.parent_span_id == b"") == (b.parent_span_id == b"")
         assert [x.value for x in a.attributes if x.key != "gen_ai.response.id"] == \
             [x.value for x in b.attributes if x.key != "gen_ai.response.id"]
+    by_id = {s.span_id: s for s in after}
+    children = [s for s in after if s.parent_span_id]
+    assert children and all(by_id[s.parent_span_id].trace_id == s.trace_id for s in children if s.parent_span_id
+                            in by_id)
+    assert sum(s.parent_span_id in by_id for s in children) >= len(children) - 9  # a trace cut by the request edge
     ids = [x.value.string_value for x in after[1].attributes if x.key == "gen_ai.response.id"]
     assert ids and ids[0].startswith("resp-00100001-")
