@@ -2,13 +2,14 @@
 client process with pre-serialized 512-span requests; a run counts only when every span is settled in the ledger.
 
     python bench/ingest.py [--requests N] [--rounds R] [--repeats K] [--duration-s S] [--warmup-s W] [--skip-baseline]
-                           [--phoenix PATH/TO/phoenix]
+                           [--phoenix PATH/TO/phoenix | --no-phoenix]
 
 Prints spans/s on 1 and 2 cores and the ratio to bench/baseline.py measured in the same run (K interleaved
 repeats, median of the ratios), Export p50/p99 at 50 % of the 1-core maximum, spans/s per trace size (1, 10, 100,
 1000) and the server's RSS over a sustained run at 80 % of the 1-core maximum (after a warm-up at that load, while
-DuckDB's cache fills to its cap), with the server's own gauges of where its memory goes. With --phoenix, also Arize
-Phoenix's rate on the same load (a 4 096-span burst and 50 176 spans sustained) and ours over it.
+DuckDB's cache fills to its cap), with the server's own gauges of where its memory goes. With Arize Phoenix installed
+(`phoenix` on PATH, or --phoenix), also its rate on the same load (a 4 096-span burst and 50 176 spans sustained, on
+one core and on two) and ours over it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="baseline, 1-core and 2-core runs, interleaved, this many times; the verdicts use the median "
                         "of the per-repeat ratios (default 3)")
     p.add_argument("--skip-baseline", action="store_true", help="do not run bench/baseline.py first")
-    p.add_argument("--phoenix", metavar="EXE", default=None,
+    p.add_argument("--phoenix", metavar="EXE", default=shutil.which("phoenix"),
                    help="a `phoenix` executable (arize-phoenix, optional, not a dependency): drive it with the same "
-                        "load after the 1- and 2-core runs and print our rate over Phoenix's (target >= 100)")
+                        "load after the 1- and 2-core runs and print our rate over Phoenix's (target >= 100). "
+                        "Default: `phoenix` on PATH, if there is one")
+    p.add_argument("--no-phoenix", dest="phoenix", action="store_const", const=None,
+                   help="do not run Phoenix even if it is on PATH")
     p.add_argument("--phoenix-cores", default="1,2",
                    help="Phoenix runs, by the CPUs each is pinned to (from CPU 0, as our servers are), each compared "
                         "with our rate on as many cores (default 1,2)")
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     scaling = [Workload(args.scaling_requests, trace_size=t, seed=10 + i) for i, t in enumerate(sizes)]
     workloads = [main_w, *scaling]
     phoenix_w: list[tuple[str, int, Workload]] = []
+    print(f"Phoenix: {args.phoenix}" if args.phoenix else "Phoenix: not run (no `phoenix` on PATH, or --no-phoenix)",
+          flush=True)
     if args.phoenix:
         for label, n, seed in (("burst", args.phoenix_burst_requests, 20), ("sustained",
                                                                            args.phoenix_sustained_requests, 21)):

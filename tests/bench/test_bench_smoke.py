@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from tests.conftest import REPO
 
@@ -38,7 +40,7 @@ def test_ingest_smoke() -> None:
     # The baseline phase is skipped here: test_baseline_smoke runs the same code.
     out = _run("ingest.py", "--requests", "2", "--rounds", "1", "--scaling-requests", "2", "--scaling-rounds", "1",
                "--scaling-repeats", "2", "--duration-s", "2",
-               "--skip-baseline", "--repeats", "2")
+               "--skip-baseline", "--repeats", "2", "--no-phoenix")
     assert _rate(out, "ingest 1 core") > 0
     assert len(re.findall(r"repeat \d: ingest 1 core [\d,]+ spans/s .* cores [\d,]+ spans/s", out)) == 2
     assert re.search(r"ratio 2 cores / 1 core: \d+\.\d\d \(target >= 1.7; per repeat \d+\.\d\d, \d+\.\d\d\)", out)
@@ -50,6 +52,48 @@ def test_ingest_smoke() -> None:
     assert re.search(r"trend [+-]\d+\.\d MiB/min, median of the first third \d+, of the last third \d+ MiB|"
                      r"trend: too few samples", out)
     assert "re-attaches of the ledger file: none during the run" in out  # 5 M calls by default
+    assert "Phoenix: not run" in out and "ratio ingest / Phoenix" not in out
+
+
+def test_phoenix_spans_are_counted_as_phoenix_stores_them(tmp_path: Path) -> None:
+    """bench/_phoenix.py times Phoenix until its SQLite `spans` table holds every span sent: the count reads a file
+    another process writes (WAL, as Phoenix's), is 0 before the file or the table exists, and a wait that times
+    out returns what was stored by then."""
+    import sqlite3
+    import threading
+
+    from bench._phoenix import Phoenix
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        phx = Phoenix(proc, "127.0.0.1:0", tmp_path / "phoenix.db", tmp_path / "phoenix.log")
+        assert phx.stored_spans() == 0  # no file yet
+        con = sqlite3.connect(phx.db, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE other (x)")
+        con.commit()
+        assert phx.stored_spans() == 0  # no spans table yet (Phoenix's migrations create it)
+        con.execute("CREATE TABLE spans (span_id TEXT UNIQUE)")
+        con.commit()
+
+        def store(first: int, n: int) -> None:
+            con.executemany("INSERT INTO spans VALUES (?)", [(f"s{i}",) for i in range(first, first + n)])
+            con.commit()
+
+        store(0, 3)
+        assert phx.stored_spans() == 3
+        t0 = time.monotonic()
+        later = threading.Timer(0.5, store, (3, 7))
+        later.start()
+        stored, elapsed = phx.wait_stored(10, t0, timeout_s=30)
+        later.join()
+        assert stored == 10 and 0.5 <= elapsed < 30
+        stored, elapsed = phx.wait_stored(11, time.monotonic(), timeout_s=0.5)
+        assert stored == 10 and elapsed >= 0.5
+        con.close()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_the_rss_band_apart_from_reattaches_names_the_samples_it_leaves_out() -> None:
