@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             if phoenix_w:
                 assert args.phoenix is not None
-                ours = {1: one_rate, min(2, ncpu): median([r.e2e_rate for r in twos])}
+                ours = {1: one_rate}
+                if ncpu >= 2:  # on one CPU the "2-core" run is a 1-core run: it must not replace one_rate here
+                    ours[2] = median([r.e2e_rate for r in twos])
                 for cores in sorted({min(max(1, int(c)), ncpu) for c in args.phoenix_cores.split(",")}):
                     if cores in ours:
                         run_phoenix(args.phoenix, tmp, cores, client, phoenix_w, ours[cores])
