@@ -391,6 +391,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def compiled_modules() -> str:
+    """Which of the hot-path modules run compiled (`make compile`, docs/adr/0005): the figures depend on it."""
+    import importlib
+
+    names = ("processors._attribution", "processors._dialects", "processors._columns", "receiver._otlp")
+    built = [n for n in names if not str(importlib.import_module(n).__file__).endswith(".py")]
+    return "all compiled (mypyc)" if len(built) == len(names) else f"compiled: {', '.join(built) or 'none'}"
+
+
 def machine() -> str:
     import platform
 
@@ -398,5 +407,5 @@ def machine() -> str:
 
     return (
         f"nproc={os.cpu_count()} python={platform.python_version()} duckdb={duckdb.__version__} "
-        f"({platform.machine()}, {platform.system()})"
+        f"({platform.machine()}, {platform.system()}); hot paths {compiled_modules()}"
     )

@@ -83,6 +83,11 @@ class AttributeFilter:
     value_counts: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     """How many encodings of each key ``known_attributes`` holds."""
 
+    def __reduce__(self) -> tuple[type[AttributeFilter], tuple[frozenset[str], int]]:
+        """Pickled (to a spawned decode worker) as its settings, its caches left behind: a compiled build's frozen
+        class cannot be restored field by field (docs/adr/0005), and the worker fills its own caches."""
+        return AttributeFilter, (self.identity_keys, self.max_value_length)
+
     def is_genai_key(self, key: str) -> bool:
         return key.startswith(GENAI_PREFIXES)
 

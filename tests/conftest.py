@@ -28,6 +28,23 @@ FIXTURES = SHARED / "fixtures" / "otlp"
 _STARTUP = re.compile(r"grpc=(\S+):(\d+) http=(\S+):(\d+)")
 
 
+def stale_build() -> list[str]:
+    """Sources changed since `make compile` built their packages' extension modules: Python would import the stale
+    build (an extension module wins over its source), so the suite would test code that is no longer there."""
+    built = [*REPO.glob("processors/*.so"), *REPO.glob("receiver/*.so")]
+    if not built:
+        return []
+    oldest = min(p.stat().st_mtime for p in built)
+    sources = [*REPO.glob("processors/*.py"), *REPO.glob("receiver/*.py"), REPO / "build_compiled.py"]
+    return sorted(str(p.relative_to(REPO)) for p in sources if p.stat().st_mtime > oldest)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = stale_build()
+    if stale:
+        pytest.exit(f"the compiled modules are older than {', '.join(stale)}: run `make compile` (or `make test`)", 4)
+
+
 def fixture_names() -> list[str]:
     return sorted(p.name for p in FIXTURES.glob("*.json") if p.stat().st_size > 10)
 
