@@ -10,13 +10,18 @@ both made a process that imported ``receiver`` first, as a spawned decode worker
 
 from __future__ import annotations
 
-from mypyc.build import mypycify
-from setuptools import setup
-
 HOT = {
     "processors": ["processors/_attribution.py", "processors/_dialects.py", "processors/_columns.py"],
     "receiver": ["receiver/_otlp.py"],
 }
 
-extensions = [ext for pkg, paths in HOT.items() for ext in mypycify(paths, opt_level="3", group_name=f"{pkg}._hot")]
-setup(name="tenantledger-hot", packages=[], py_modules=[], ext_modules=extensions)
+MODULES = tuple(path[:-3].replace("/", ".") for paths in HOT.values() for path in paths)
+"""The compiled modules' import names (tests/processors/test_compiled.py)."""
+
+if __name__ == "__main__":
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    extensions = [ext for pkg, paths in HOT.items()
+                  for ext in mypycify(paths, opt_level="3", group_name=f"{pkg}._hot")]
+    setup(name="tenantledger-hot", packages=[], py_modules=[], ext_modules=extensions)

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
+from build_compiled import MODULES as COMPILED
 from tests.conftest import FIXTURES, REPO, fixture_names, fixture_to_protobuf, load_fixture
 
-COMPILED = ("processors._attribution", "processors._dialects", "processors._columns", "receiver._otlp")
-
-# Run in this process (the compiled modules, when built) and in a child whose import path holds only a copy of the
-# sources (the pure-Python modules): one JSON document of everything the pipeline derived from each request.
+# Run in two child processes, one importing the repository (the compiled modules) and one whose import path holds only
+# a copy of the sources (the pure-Python modules): one JSON document of everything derived from each request.
 _SETTLE = r"""
 import json, sys
 from collections import defaultdict
@@ -56,9 +55,10 @@ def settle(paths):
 
 if __name__ == "__main__":
     import os, processors._attribution, receiver._otlp
-    for m in (processors._attribution, receiver._otlp):  # the copied sources, not the build
-        assert m.__file__.startswith(os.getcwd()) and m.__file__.endswith(".py"), m.__file__
-    print(settle(sys.argv[1:]))
+    for m in (processors._attribution, receiver._otlp):  # the tree asked for: the build, or the copied sources
+        source = m.__file__.endswith(".py")
+        assert m.__file__.startswith(os.getcwd()) and source == (sys.argv[1] == "source"), m.__file__
+    print(settle(sys.argv[2:]))
 """
 
 
@@ -102,14 +102,15 @@ def test_compiled_modules_settle_every_fixture_as_the_python_sources_do(tmp_path
         shutil.copytree(REPO / pkg, pure / pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     script = tmp_path / "settle.py"
     script.write_text(_SETTLE)
-    env = {**os.environ, "PYTHONPATH": str(pure)}
-    child = subprocess.run([sys.executable, "-B", str(script), *paths], env=env, cwd=pure,
-                           capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, child.stderr[-3000:]
-    namespace: dict[str, Any] = {}
-    exec(compile(_SETTLE.replace('if __name__ == "__main__":', "if False:"), "settle", "exec"), namespace)
-    compiled = json.loads(namespace["settle"](paths))
-    python = json.loads(child.stdout)
+
+    def run(kind: str, root: Path) -> Any:
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        child = subprocess.run([sys.executable, "-B", str(script), kind, *paths], env=env, cwd=root,
+                               capture_output=True, text=True, timeout=300)
+        assert child.returncode == 0, child.stderr[-3000:]
+        return json.loads(child.stdout)
+
+    compiled, python = run("build", REPO), run("source", pure)
     assert len(compiled) == len(python) == len(paths)
     records = sum(len(doc["records"]) for doc in compiled)
     assert records > 100  # the comparison covers real usage records, not empty lists
