@@ -14,7 +14,7 @@ from processors._dialects import GenAIView, view_of
 from processors._record import UsageRecord
 from processors.config import IdentityConfig
 from receiver import StagedSpan
-from receiver._model import SPAN_KIND_CONSUMER, SPAN_KIND_SERVER, AttrValue
+from receiver._model import SPAN_KIND_CONSUMER, SPAN_KIND_SERVER, AttrValue, SpanLink
 
 # Reason codes for an unattributed call (README "Attribution audit" explains each in plain words).
 REASON_INVALID = "invalid_tenant_id"
@@ -306,6 +306,49 @@ class _Trace:
         return self._entry[s.span_id]
 
 
+class _Links:
+    """Span links of one trace: the linked contexts a span inherits, each linked trace resolved once.
+
+    A class, not closures over attribute_trace's locals: compiled (docs/adr/0005), closures that refer to each other
+    share an environment object that refers back to them, a reference cycle that kept each settled trace's spans
+    alive until the cyclic collector ran: ~10 % of the server's CPU in bursts (bench/README.md, 2026-12-02 22:55).
+    Bound methods refer to the instance, never the other way round."""
+
+    def __init__(self, t: _Trace, resolver: LinkResolver) -> None:
+        self.t = t
+        self.resolver = resolver
+        self.resolved: dict[str, LinkedContext | None] = {}
+
+    def foreign(self, p: StagedSpan) -> StagedSpan | None:
+        return p if any(ln.trace_id != self.t.trace_id for ln in p.links) else None
+
+    def context(self, s: StagedSpan) -> tuple[LinkedContext | None, bool]:
+        """The first tenanted linked context on s or its ancestors; and whether any of them has links.
+        Only the spans that carry links are visited (memoised), so deep chains stay linear."""
+        t = self.t
+        has_links = False
+        cur: StagedSpan | None = s
+        while cur is not None:
+            p = t.nearest(cur, "linked", self.foreign)
+            if not isinstance(p, StagedSpan):
+                break
+            for ln in sorted(p.links, key=_link_order):
+                if ln.trace_id == t.trace_id:
+                    continue
+                has_links = True
+                if ln.trace_id not in self.resolved:
+                    self.resolved[ln.trace_id] = self.resolver.resolve(ln.trace_id)
+                ctx = self.resolved[ln.trace_id]
+                if ctx is not None and ctx.tenant_id is not None:
+                    return ctx, True
+            cur = t.parent(p)
+        return None, has_links
+
+
+def _link_order(ln: SpanLink) -> tuple[str, str]:
+    return ln.trace_id, ln.span_id
+
+
 def attribute_trace(
     spans: Iterable[StagedSpan],
     cfg: IdentityConfig,
@@ -342,31 +385,7 @@ def attribute_trace(
         if v.usage_reported:
             _mark_ancestors(t, t.by_id[sid], usage_below)
 
-    linked_ctx: dict[str, LinkedContext | None] = {}
-
-    def has_foreign_links(p: StagedSpan) -> StagedSpan | None:
-        return p if any(ln.trace_id != t.trace_id for ln in p.links) else None
-
-    def link_context(s: StagedSpan) -> tuple[LinkedContext | None, bool]:
-        """The first tenanted linked context on s or its ancestors; and whether any of them has links.
-        Only the spans that carry links are visited (memoised), so deep chains stay linear."""
-        has_links = False
-        cur: StagedSpan | None = s
-        while cur is not None:
-            p = t.nearest(cur, "linked", has_foreign_links)
-            if not isinstance(p, StagedSpan):
-                break
-            for ln in sorted(p.links, key=lambda x: (x.trace_id, x.span_id)):
-                if ln.trace_id == t.trace_id:
-                    continue
-                has_links = True
-                if ln.trace_id not in linked_ctx:
-                    linked_ctx[ln.trace_id] = resolver.resolve(ln.trace_id)
-                ctx = linked_ctx[ln.trace_id]
-                if ctx is not None and ctx.tenant_id is not None:
-                    return ctx, True
-            cur = t.parent(p)
-        return None, has_links
+    links = _Links(t, resolver)
 
     records: list[UsageRecord] = []
     for s in t.spans:
@@ -378,7 +397,7 @@ def attribute_trace(
                 continue
         elif gv.role != "inference" or s.span_id in call_below:
             continue
-        records.append(_record(t, s, gv, cfg, request_tenants, request_users, trace_tenants, link_context))
+        records.append(_record(t, s, gv, cfg, request_tenants, request_users, trace_tenants, links.context))
 
     # Summary for traces that link to this one (async jobs): its root request and its unique tenant.
     roots = [s for s in t.spans if t.parent(s) is None]
@@ -387,12 +406,12 @@ def attribute_trace(
     summary_tenant = next(iter(trace_tenants)) if len(trace_tenants) == 1 else None
     summary_request = f"{t.trace_id}-{root_entry}"
     summary_user = _only(request_users.get(root_entry))
-    root_link, root_has_links = link_context(root)
+    root_link, root_has_links = links.context(root)
     if summary_tenant is None and root_link is not None:
         summary_tenant, summary_request = root_link.tenant_id, root_link.request_id
         summary_user = summary_user or root_link.user_id
     linked = sorted({ln.trace_id for s in t.spans for ln in s.links if ln.trace_id != t.trace_id})
-    unresolved = any((c := linked_ctx.get(x)) is None or c.tenant_id is None for x in linked)
+    unresolved = any((c := links.resolved.get(x)) is None or c.tenant_id is None for x in linked)
     unresolved = unresolved or (root_has_links and root_link is None)
     seqs = [s.seq for s in t.spans]
     summary = TraceSummary(t.trace_id, summary_request, summary_tenant, summary_user, tuple(linked), unresolved,
