@@ -206,7 +206,7 @@ def test_every_field_of_a_call_record_comes_from_its_own_attribute() -> None:
 def test_settled_trace_is_freed_without_the_cyclic_collector() -> None:
     """Nothing attribution builds refers back to itself: once a result is dropped, the trace's spans, indexes and
     records are freed by reference counting. A cycle (compiled closures sharing an environment did this) kept every
-    settled trace alive until a collection, which cost ~10 % of the settle CPU in bursts (bench/README.md)."""
+    settled trace alive until a collection, which cost ~10 % of the server's CPU in bursts (bench/README.md)."""
     import gc
 
     origin = LinkedContext("a".ljust(32, "0"), "req-origin", "acme", "u7")
