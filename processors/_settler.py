@@ -19,7 +19,7 @@ import pyarrow as pa
 from processors._attribution import LinkedContext, TraceResult, TraceSummary
 from processors._columns import records_table
 from processors._pricing import Pricer
-from processors._workers import SettleWorker, settle_traces
+from processors._workers import Locate, SettleWorker, settle_traces
 from processors.config import ProcessorsConfig
 from receiver import StagedSpan
 
@@ -140,9 +140,11 @@ class Settler:
         clock: Callable[[], float] = time.monotonic,
         on_pressure: Callable[[str | None], None] | None = None,
         workers: Sequence[SettleWorker] = (),
+        locate: Locate | None = None,
     ) -> None:
         """``workers``: attribute and price in those processes instead of this one (see processors._workers), one
-        batch in flight on each."""
+        batch in flight on each. ``locate``: where the source keeps spans in files (receiver.Spool.locate); the
+        workers then read a batch's spans from there, sent only their sequence numbers."""
         self._cfg = config
         self._source = source
         self._sink = sink
@@ -181,6 +183,7 @@ class Settler:
         self._shed = threading.Event()
         self.stats = SettlerStats()
         self._workers = list(workers)
+        self._locate = locate
 
     # --- input --------------------------------------------------------------------------------------
 
@@ -475,7 +478,7 @@ class Settler:
                 job = self._prepare(trace_ids, before_links=before_links)
                 busy = {j.worker for j in self._inflight}
                 job.worker = next(w for w in self._workers if w not in busy)
-                job.worker.submit(job.order, job.batch, job.contexts)
+                job.worker.submit(job.order, job.batch, job.contexts, self._locate)
                 self._inflight.append(job)
                 self._write_collected()
                 n += self._reap(1)

@@ -11,9 +11,9 @@ import operator
 import pickle
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, NoReturn
 
 import orjson
@@ -24,6 +24,7 @@ from processors._columns import records_table
 from processors._pricing import Pricer, PricingConfig
 from processors.config import IdentityConfig
 from receiver import JSONAttributes, SpanEvent, SpanLink, StagedSpan
+from receiver._spool import FrameRef, read_spans_at
 
 log = logging.getLogger("tenantledger.processors")
 
@@ -40,6 +41,9 @@ assert _SPAN_FIELDS[_EVENTS + 1] == "links"
 _span_tuple_text = operator.attrgetter(*(f if f != "attributes" else "attributes.text" for f in _SPAN_FIELDS))
 
 Batch = tuple[list[str], dict[str, list[StagedSpan]], dict[str, LinkedContext]]
+Locate = Callable[[Sequence[int]], "list[FrameRef] | None"]
+"""Where spans are in the spool, by sequence number (receiver.Spool.locate)."""
+_seq = operator.attrgetter("seq")
 
 
 class _Contexts:
@@ -123,7 +127,29 @@ def _encode_batch(order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]
         return b"P", pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _encode_refs(order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
+                 outside: Mapping[str, LinkedContext], locate: Locate) -> tuple[bytes, bytes] | None:
+    """A batch by reference: each span as its spool sequence number, and the frames that hold them, from which the
+    worker reads the spans itself (``read_spans_at``). The main process then encodes ~10 bytes a span instead of the
+    span (~5 us a span of its GIL, bench/README.md 2026-12-03), and the pipe carries that much less. None if a span
+    is not in the spool (spans from another source): the batch goes by value."""
+    seqs = list(map(_seq, chain.from_iterable(spans[tid] for tid in order)))
+    frames = locate(sorted(seqs))
+    if frames is None:
+        return None
+    payload = (
+        list(order),
+        [len(spans[tid]) for tid in order],
+        seqs,
+        frames,
+        {tid: (c.trace_id, c.request_id, c.tenant_id, c.user_id) for tid, c in outside.items()},
+    )
+    return b"R", marshal.dumps(payload)
+
+
 def _decode_batch(kind: bytes, data: bytes) -> Batch:
+    if kind == b"R":
+        return _decode_refs(data)
     order, counts, columns, all_text, extras, raw_ctx = marshal.loads(data) if kind == b"M" else pickle.loads(data)
     n = len(columns[0])
     attrs = columns[_ATTRIBUTES]
@@ -138,6 +164,18 @@ def _decode_batch(kind: bytes, data: bytes) -> Batch:
         s = flat[i]
         s.events = tuple(SpanEvent(*e) for e in events)
         s.links = tuple(SpanLink(*x) for x in links)
+    return _batch(order, counts, flat, raw_ctx)
+
+
+def _decode_refs(data: bytes) -> Batch:
+    order, counts, seqs, frames, raw_ctx = marshal.loads(data)
+    by_seq = {s.seq: s for s in read_spans_at(frames, sorted(seqs))}  # attributes parsed: this process reads them
+    flat = [by_seq[q] for q in seqs]
+    return _batch(order, counts, flat, raw_ctx)
+
+
+def _batch(order: list[str], counts: list[int], flat: list[StagedSpan], raw_ctx: dict[str, Any]) -> Batch:
+    """The decoded batch: ``flat`` cut into its traces (``counts`` spans each, in ``order``)."""
     spans: dict[str, list[StagedSpan]] = {}
     start = 0
     for tid, count in zip(order, counts, strict=True):
@@ -167,7 +205,8 @@ def _decode_results(summaries: Sequence[tuple[Any, ...]], ipc: bytes) -> tuple[l
 def _worker_main(conn: Any, identity: IdentityConfig, pricing: PricingConfig, inherited: Any = None) -> None:
     """The worker's loop: one batch in, its results out, until the pipe closes or an empty message arrives.
 
-    Wire: a batch is two messages, its kind (M/P: marshalled/pickled) and its payload; an empty kind message stops
+    Wire: a batch is two messages, its kind (M/P: marshalled/pickled spans, R: their spool sequence numbers and
+    frames) and its payload; an empty kind message stops
     the worker. The answer is a pickled head, ("ok", summaries) or ("error", traceback), and after an "ok" head
     the records' Arrow IPC stream."""
     import gc
@@ -225,6 +264,8 @@ class SettleWorker:
         self._proc: Any = None
         self._conn: Any = None
         self._inflight = False
+        self._by_ref = False  # the batch in flight went by reference
+        self._by_value_next = False  # after a batch by reference failed: its retry goes by value
         self.restarts = 0
 
     def _ensure(self, method: str = "spawn") -> None:
@@ -250,21 +291,28 @@ class SettleWorker:
             self._ensure("fork" if fork else "spawn")
 
     def settle(self, order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
-               outside: Mapping[str, LinkedContext]) -> tuple[list[TraceResult], pa.Table]:
+               outside: Mapping[str, LinkedContext],
+               locate: Locate | None = None) -> tuple[list[TraceResult], pa.Table]:
         """The batch's results (summaries only) and all their records as one table (processors._columns)."""
-        self.submit(order, spans, outside)
+        self.submit(order, spans, outside, locate)
         return self.collect()
 
     def submit(self, order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]],
-               outside: Mapping[str, LinkedContext]) -> None:
+               outside: Mapping[str, LinkedContext], locate: Locate | None = None) -> None:
         """Send a batch; the worker computes it while the caller does something else until ``collect``. The
         worker is idle when a batch is sent (one in flight at most), so neither side can block the other on a
-        full pipe."""
+        full pipe. With ``locate`` (the spans' source is the spool), the spans go by reference: the worker reads
+        them from the spool's files; a batch that failed so is retried by value once."""
         with self._lock:
             if self._inflight:
                 raise RuntimeError("a batch is already in flight: collect it first")
             self._ensure()
-            kind, payload = _encode_batch(order, spans, outside)
+            encoded = None
+            if locate is not None and not self._by_value_next:
+                encoded = _encode_refs(order, spans, outside, locate)
+            self._by_value_next = False
+            self._by_ref = encoded is not None
+            kind, payload = encoded if encoded is not None else _encode_batch(order, spans, outside)
             try:
                 self._conn.send_bytes(kind)
                 self._conn.send_bytes(payload)
@@ -282,6 +330,7 @@ class SettleWorker:
             try:
                 status, detail = pickle.loads(self._conn.recv_bytes())
                 if status != "ok":
+                    self._by_value_next = self._by_ref
                     raise RuntimeError(f"settle worker failed: {detail}")
                 ipc = self._conn.recv_bytes()
             except (EOFError, OSError) as e:

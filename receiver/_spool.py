@@ -63,6 +63,10 @@ _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 SpanListener = Callable[[list[StagedSpan]], None]
 
+FrameRef = tuple[str, int, int, int, int]
+"""Where a frame is, for a reader in another process (``read_spans_at``): segment file path, offset and length of
+its IPC stream, its first sequence number and its span count."""
+
 
 @dataclass(eq=False)
 class _Ticket:
@@ -318,6 +322,24 @@ class Spool:
             j = len(self._firsts) if hi is None else bisect.bisect_right(self._firsts, hi)
             return self._frames[i:j]
 
+    def locate(self, seqs: Sequence[int]) -> list[FrameRef] | None:
+        """The frames holding these sequence numbers (ascending), oldest first, for ``read_spans_at``; None if one of
+        them is in no frame (never committed, or cut off at start). Cost: one bisect a frame, not a span."""
+        out: list[FrameRef] = []
+        i, n = 0, len(seqs)
+        with self._index_lock:
+            while i < n:
+                k = bisect.bisect_right(self._firsts, seqs[i]) - 1
+                if k < 0:
+                    return None
+                f = self._frames[k]
+                last = f.first + f.count - 1
+                if seqs[i] > last:
+                    return None
+                out.append((os.path.abspath(f.segment.path), f.offset, f.length, f.first, f.count))
+                i = bisect.bisect_right(seqs, last, lo=i)
+        return out
+
     @staticmethod
     def _load(frame: _Frame, src: pa.NativeFile) -> pa.Table:
         return pa.ipc.open_stream(src.read_at(frame.length, frame.offset)).read_all()
@@ -406,6 +428,39 @@ class Spool:
                     self._write(rows.slice(start, i - start), seqs[start], i - start)
                     self._next_seq = seqs[i - 1] + 1
                     start = i
+
+
+def read_spans_at(frames: Sequence[FrameRef], seqs: Sequence[int], *, attribute_text: bool = False) -> list[StagedSpan]:
+    """The spans numbered ``seqs`` (ascending, no repeats), in that order, read from the spool's files at ``frames``
+    (``Spool.locate``): a reader in another process (a settle worker) gets the spans themselves from the files
+    instead of through a pipe. Each frame is read and decompressed once. Raises ValueError if a frame does not hold
+    what it was said to, OSError if a file cannot be read."""
+    parts: list[pa.Table] = []
+    files: dict[str, pa.NativeFile] = {}
+    i = 0
+    try:
+        for path, offset, length, first, count in frames:
+            j = bisect.bisect_right(seqs, first + count - 1, lo=i)
+            if j == i or seqs[i] < first:
+                wanted = seqs[i] if i < len(seqs) else "none"
+                raise ValueError(f"frame at {path}:{offset} does not hold the next sequence number ({wanted})")
+            src = files.get(path)
+            if src is None:
+                src = files[path] = pa.OSFile(path)
+            t = pa.ipc.open_stream(src.read_at(length, offset)).read_all()
+            if t.num_rows != count:
+                raise ValueError(f"frame at {path}:{offset} holds {t.num_rows} spans, not {count}")
+            parts.append(t if j - i == count else t.take(pa.array([q - first for q in seqs[i:j]], pa.int32())))
+            i = j
+    finally:
+        for f in files.values():
+            f.close()
+    if i != len(seqs):
+        raise ValueError(f"sequence numbers from {seqs[i]} on are in none of the frames")
+    spans = table_to_spans(pa.concat_tables(parts) if parts else SCHEMA.empty_table(), attribute_text=attribute_text)
+    if [s.seq for s in spans] != list(seqs):
+        raise ValueError("the frames read do not hold these sequence numbers")
+    return spans
 
 
 def _sync_dir(path: Path) -> None:

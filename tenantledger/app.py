@@ -244,7 +244,7 @@ class Service:
         self.handler = ExportHandler(config.receiver, self.spool, self.filter, usage_problems, self.decoder)
         self.settler = Settler(
             config.processors, self.spool, self.ledger, self.pricer, on_pressure=self.handler.set_backpressure,
-            workers=self.workers,
+            workers=self.workers, locate=self.spool.locate,
         )
         self.spool.subscribe(self.settler.on_spans)
         self.handler.memory.relief.append(self.settler.shed_cache)

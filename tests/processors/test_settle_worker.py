@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import pytest
 
 from ledger import Ledger
 from processors import LinkedContext, ProcessorsConfig, Settler, TraceResult, records_table
+from processors._dialects import EXTRA_KEYS
 from processors._pricing import Pricer, PricingConfig
-from processors._workers import SettleWorker, _decode_batch, _encode_batch, settle_traces
+from processors._workers import SettleWorker, _decode_batch, _encode_batch, _encode_refs, settle_traces
 from processors.config import IdentityConfig
-from receiver import JSONAttributes, StagedSpan
-from tests.conftest import fixture_names
+from receiver import AttributeFilter, JSONAttributes, Spool, StagedSpan, extract
+from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
 from tests.processors.spans import chat, span
 from tests.processors.test_dialects import load_spans
 from tests.processors.test_settler import ALL, JOB, REQUEST, TWICE, ListSource, calls, feed, reference
@@ -136,6 +138,51 @@ def test_failing_batch_is_reported_and_the_worker_lives_on(worker: SettleWorker)
     with pytest.raises(RuntimeError, match="settle worker failed"):
         worker.settle([ALL[0].trace_id], {ALL[0].trace_id: [broken]}, {})
     _same(worker.settle(order, batch, {}), settle_traces(order, batch, {}, IdentityConfig(), Pricer(PricingConfig())))
+    assert worker.restarts == 0
+
+
+def test_a_batch_sent_by_reference_is_read_from_the_spool_and_settles_exactly_as_in_process(
+    worker: SettleWorker, tmp_path: Path
+) -> None:
+    """With the spool as the spans' source, a batch goes as sequence numbers and frames (~10 bytes a span): the worker
+    reads the spans from the spool's files and every fixture, links and events included, settles exactly as in the
+    main process with the spans it holds (JSON-text attributes, as the receiver publishes them with workers)."""
+    spool = Spool(tmp_path / "spool", segment_bytes=64 << 10, attribute_text=True)
+    published: list[StagedSpan] = []
+    spool.subscribe(published.extend)
+    filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS)
+    for name in fixture_names():
+        spool.append(extract(fixture_to_protobuf(load_fixture(name)), filt), "tenant.id=acme")
+    assert len(published) > 100 and len(spool._segments) > 1
+    order, batch = _batch(published[::-1])  # numbers out of order within the batch
+    local = settle_traces(order, batch, {}, IdentityConfig(), Pricer(PricingConfig()))
+    assert _encode_refs(order, batch, {}, spool.locate) is not None
+    _same(worker.settle(order, batch, {}, spool.locate), local)
+    assert all(s.attributes._parsed is None for s in published if isinstance(s.attributes, JSONAttributes))
+    # Spans that are not in the spool (another source, numbered alike) go by value.
+    stray = dataclasses.replace(published[0], seq=spool.last_seq + 1)
+    assert _encode_refs([stray.trace_id], {stray.trace_id: [stray]}, {}, spool.locate) is None
+
+
+def test_a_batch_by_reference_that_fails_is_retried_by_value_once(worker: SettleWorker, tmp_path: Path) -> None:
+    """A batch the worker could not read from the spool (a file gone) is reported, and its retry goes by value and
+    settles; the batch after that goes by reference again."""
+    spool = Spool(tmp_path / "spool")
+    filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS)
+    spool.append(extract(fixture_to_protobuf(load_fixture(fixture_names()[0])), filt))
+    spans = spool.read_after(0)
+    order, batch = _batch(spans)
+    local = settle_traces(order, batch, {}, IdentityConfig(), Pricer(PricingConfig()))
+
+    def gone(seqs: Sequence[int]) -> list[Any] | None:
+        return [(str(tmp_path / "missing.arrows"), 0, 10, seqs[0], len(seqs))]
+
+    with pytest.raises(RuntimeError, match="settle worker failed"):
+        worker.settle(order, batch, {}, gone)
+    _same(worker.settle(order, batch, {}, gone), local)  # by value
+    with pytest.raises(RuntimeError, match="missing.arrows"):
+        worker.settle(order, batch, {}, gone)  # by reference again
+    _same(worker.settle(order, batch, {}, spool.locate), local)
     assert worker.restarts == 0
 
 

@@ -227,6 +227,41 @@ def test_read_traces_within_a_sequence_range_returns_only_those_spans(tmp_path: 
     assert spool.read_trace_rows([tid]).schema == SCHEMA
 
 
+def test_spans_located_by_number_are_read_in_another_process_exactly_as_read_back(tmp_path: Path) -> None:
+    """Settle workers read a batch's spans from the spool's files, sent only their numbers and frames (``locate``):
+    any subset of numbers, across frames, segments and a gap, comes back as the same spans ``read_after`` gives,
+    in order, each frame listed once; a number in no frame (a gap, beyond the end) locates nothing, and a frame
+    that does not hold what it was said to is an error, never other spans."""
+    from receiver._spool import read_spans_at
+
+    spool = Spool(tmp_path / "spool", segment_bytes=64 << 10)
+    reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
+    for i, (_, ex) in enumerate(reqs + reqs):
+        if i == len(reqs):
+            gap = spool.last_seq + 1
+            spool.skip_to(gap + 5)
+        spool.append(ex, "tenant.id=acme")
+    everything = {s.seq: s for s in spool.read_after(0, 1_000_000)}
+    assert len(spool._segments) > 1 and len(spool._frames) > 4
+    for want in (sorted(everything), sorted(everything)[::7], [min(everything), max(everything)]):
+        frames = spool.locate(want)
+        assert frames is not None
+        assert len(frames) == len({f for f in spool._frames if any(f.first <= q <= f.last for q in want)})
+        assert all(os.path.isabs(f[0]) for f in frames)
+        got = read_spans_at(frames, want)
+        assert got == [everything[q] for q in want]
+        assert all(isinstance(s.attributes, dict) for s in got)
+        text = read_spans_at(frames, want, attribute_text=True)
+        assert all(type(s.attributes) is JSONAttributes for s in text) and text == got
+    assert spool.locate([gap]) is None and spool.locate([spool.last_seq + 1]) is None and spool.locate([]) == []
+    one = [min(everything)]
+    path, offset, length, first, count = spool.locate(one)[0]  # type: ignore[index]
+    with pytest.raises(ValueError):
+        read_spans_at([(path, offset, length, first + 1, count)], one)  # said to start after the number asked
+    with pytest.raises(ValueError):
+        read_spans_at([(path, offset, length, first, count)], one + [spool.last_seq])  # the last in another frame
+
+
 def test_spans_of_an_older_ledger_file_move_into_the_spool_with_their_numbers(tmp_path: Path) -> None:
     """Ledger files written before the spool had its own files kept the spans in a staging_spans table: the next
     start moves them (settled or not: a late span may re-settle an old trace), once, and drops the table."""
