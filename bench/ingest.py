@@ -2,14 +2,15 @@
 client process with pre-serialized 512-span requests; a run counts only when every span is settled in the ledger.
 
     python bench/ingest.py [--requests N] [--rounds R] [--repeats K] [--duration-s S] [--warmup-s W] [--skip-baseline]
+                           [--ceiling-s C]
                            [--phoenix PATH/TO/phoenix | --no-phoenix]
 
 Prints spans/s on 1 and 2 cores and the ratio to bench/baseline.py measured in the same run (K interleaved
-repeats, median of the ratios), Export p50/p99 at 50 % of the 1-core maximum, spans/s per trace size (1, 10, 100,
-1000) and the server's RSS over a sustained run at 80 % of the 1-core maximum (after a warm-up at that load, while
-DuckDB's cache fills to its cap), with the server's own gauges of where its memory goes. With Arize Phoenix installed
-(`phoenix` on PATH, or --phoenix), also its rate on the same load (a 4 096-span burst and 50 176 spans sustained, on
-one core and on two) and ours over it.
+repeats, median of the ratios), the machine's own ceiling for 2 cores / 1 core (bench/_ceiling.py), Export p50/p99
+at 50 % of the 1-core maximum, spans/s per trace size (1, 10, 100, 1000) and the server's RSS over a sustained run
+at 80 % of the 1-core maximum (after a warm-up at that load, while DuckDB's cache fills to its cap), with the
+server's own gauges of where its memory goes. With Arize Phoenix installed (`phoenix` on PATH, or --phoenix), also
+its rate on the same load (a 4 096-span burst and 50 176 spans sustained, on one core and on two) and ours over it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import linear_regression, median
 
+from _ceiling import machine_ceiling
 from _load import ClientResult, LoadClient, Workload, machine, percentile, rss_mib
 from _phoenix import start_phoenix
 from baseline import run_baseline
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="baseline, 1-core and 2-core runs, interleaved, this many times; the verdicts use the median "
                         "of the per-repeat ratios (default 3)")
     p.add_argument("--skip-baseline", action="store_true", help="do not run bench/baseline.py first")
+    p.add_argument("--ceiling-s", type=float, default=5.0,
+                   help="seconds of each of the three phases of the machine-ceiling measurement in every repeat "
+                        "(bench/_ceiling.py; 0 skips it; default 5)")
     p.add_argument("--phoenix", metavar="EXE", default=shutil.which("phoenix"),
                    help="a `phoenix` executable (arize-phoenix, optional, not a dependency): drive it with the same "
                         "load after the 1- and 2-core runs and print our rate over Phoenix's (target >= 100). "
@@ -265,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             bases: list[float] = []
             ones: list[Run] = []
             twos: list[Run] = []
+            ceilings: list[float] = []
             extra = {"receiver": {"decode_workers": args.decode_workers}} if args.decode_workers is not None else {}
             for k in range(max(1, args.repeats)):
                 if not args.skip_baseline:
@@ -275,13 +281,16 @@ def main(argv: list[str] | None = None) -> int:
                 srv = start_server(tmp, f"two{k}", min(2, ncpu), extra)
                 twos.append(drive(srv, client, 0, spans, rounds=args.rounds))
                 check_ledger(srv, calls)
+                if args.ceiling_s > 0 and ncpu >= 2:
+                    ceilings.append(machine_ceiling(args.ceiling_s)[0])
                 one, two = ones[-1], twos[-1]
                 print(f"repeat {k + 1}: "
                       + (f"baseline {bases[-1]:,.0f} spans/s; " if bases else "")
                       + f"ingest 1 core {one.e2e_rate:,.0f} spans/s end to end ({one.ack_rate:,.0f} acknowledged; "
                       f"all settled {one.settled_at - one.client.t_end:.2f} s after the last ack, "
                       f"{one.client.retries} backpressure retries); {min(2, ncpu)} cores {two.e2e_rate:,.0f} spans/s "
-                      f"end to end ({two.ack_rate:,.0f} acknowledged)", flush=True)
+                      f"end to end ({two.ack_rate:,.0f} acknowledged)"
+                      + (f"; machine ceiling {ceilings[-1]:.2f}" if ceilings else ""), flush=True)
             one_rate = median([r.e2e_rate for r in ones])
             print(f"ingest 1 core: {one_rate:,.0f} spans/s end to end (median of {len(ones)})", flush=True)
             print(f"ingest {min(2, ncpu)} cores: {median([r.e2e_rate for r in twos]):,.0f} spans/s end to end "
@@ -297,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             scale = [t.e2e_rate / o.e2e_rate for o, t in zip(ones, twos, strict=True)]
             print(f"ratio 2 cores / 1 core: {median(scale):.2f} (target >= 1.7; per repeat {_list(scale)})",
                   flush=True)
+            if ceilings:
+                # Read against the machine: two busy vCPUs of this guest are each slower than one busy vCPU.
+                share = [r / c for r, c in zip(scale, ceilings, strict=True)]
+                print(f"machine ceiling, 2 CPUs / 1 CPU doing the server's per-span Python work without I/O "
+                      f"(bench/_ceiling.py): {median(ceilings):.2f} (per repeat {_list(ceilings)}); 2 cores / 1 core "
+                      f"is {median(share):.2f} of it (per repeat {_list(share)})", flush=True)
             if phoenix_w:
                 assert args.phoenix is not None
                 ours = {1: one_rate}

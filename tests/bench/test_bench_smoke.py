@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -40,10 +41,14 @@ def test_ingest_smoke() -> None:
     # The baseline phase is skipped here: test_baseline_smoke runs the same code.
     out = _run("ingest.py", "--requests", "2", "--rounds", "1", "--scaling-requests", "2", "--scaling-rounds", "1",
                "--scaling-repeats", "2", "--duration-s", "2",
-               "--skip-baseline", "--repeats", "2", "--no-phoenix")
+               "--skip-baseline", "--repeats", "2", "--no-phoenix", "--ceiling-s", "0.3")
     assert _rate(out, "ingest 1 core") > 0
     assert len(re.findall(r"repeat \d: ingest 1 core [\d,]+ spans/s .* cores [\d,]+ spans/s", out)) == 2
     assert re.search(r"ratio 2 cores / 1 core: \d+\.\d\d \(target >= 1.7; per repeat \d+\.\d\d, \d+\.\d\d\)", out)
+    if (os.cpu_count() or 1) >= 2:  # the same work on two CPUs at once, against one: both sides did some
+        assert re.search(r"machine ceiling, 2 CPUs / 1 CPU .*: (\d+\.\d\d) \(per repeat \d+\.\d\d, \d+\.\d\d\); "
+                         r"2 cores / 1 core is \d+\.\d\d of it", out)
+        assert all(float(c) > 0 for c in re.findall(r"machine ceiling (\d+\.\d\d)", out))
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", out)
     assert re.search(r"spans/s by spans per trace \(1 core, \d+ spans a run, median of 2\): 1: [\d,]+, 10: [\d,]+, "
                      r"100: [\d,]+, 1000: [\d,]+ \(runs 1: [\d,]+ / [\d,]+; 10: ", out)
