@@ -44,6 +44,10 @@ Batch = tuple[list[str], dict[str, list[StagedSpan]], dict[str, LinkedContext]]
 Locate = Callable[[Sequence[int]], "list[FrameRef] | None"]
 """Where spans are in the spool, by sequence number (receiver.Spool.locate)."""
 _seq = operator.attrgetter("seq")
+# A span read from a frame costs the worker ~0.3 us per span of the frame (read, decompress) plus ~4 us for the span
+# itself; one sent by value costs ~5 us in the main process and ~6 in the worker: by reference stops paying when
+# the frames hold ~16x the batch's spans.
+_MAX_READ_AMPLIFICATION = 16
 
 
 class _Contexts:
@@ -132,10 +136,12 @@ def _encode_refs(order: Sequence[str], spans: Mapping[str, Sequence[StagedSpan]]
     """A batch by reference: each span as its spool sequence number, and the frames that hold them, from which the
     worker reads the spans itself (``read_spans_at``). The main process then encodes ~10 bytes a span instead of the
     span (~5 us a span of its GIL, bench/README.md 2026-12-03), and the pipe carries that much less. None if a span
-    is not in the spool (spans from another source): the batch goes by value."""
+    is not in the spool (spans from another source), or if the frames hold more than ``_MAX_READ_AMPLIFICATION``
+    times the batch's spans (late spans of old traces, each in a frame of its own): the worker reads and decompresses
+    whole frames, so the batch goes by value then."""
     seqs = list(map(_seq, chain.from_iterable(spans[tid] for tid in order)))
     frames = locate(sorted(seqs))
-    if frames is None:
+    if frames is None or sum(f[4] for f in frames) > _MAX_READ_AMPLIFICATION * len(seqs):
         return None
     payload = (
         list(order),

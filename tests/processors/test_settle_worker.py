@@ -22,7 +22,14 @@ from ledger import Ledger
 from processors import LinkedContext, ProcessorsConfig, Settler, TraceResult, records_table
 from processors._dialects import EXTRA_KEYS
 from processors._pricing import Pricer, PricingConfig
-from processors._workers import SettleWorker, _decode_batch, _encode_batch, _encode_refs, settle_traces
+from processors._workers import (
+    _MAX_READ_AMPLIFICATION,
+    SettleWorker,
+    _decode_batch,
+    _encode_batch,
+    _encode_refs,
+    settle_traces,
+)
 from processors.config import IdentityConfig
 from receiver import AttributeFilter, JSONAttributes, Spool, StagedSpan, extract
 from tests.conftest import fixture_names, fixture_to_protobuf, load_fixture
@@ -162,6 +169,19 @@ def test_a_batch_sent_by_reference_is_read_from_the_spool_and_settles_exactly_as
     # Spans that are not in the spool (another source, numbered alike) go by value.
     stray = dataclasses.replace(published[0], seq=spool.last_seq + 1)
     assert _encode_refs([stray.trace_id], {stray.trace_id: [stray]}, {}, spool.locate) is None
+    # So do a few spans of large frames (late spans of old traces, say): the worker would read whole frames for them.
+    widest = max(spool._frames, key=lambda f: f.count)
+    n = widest.count
+    assert n >= 2
+    size = _MAX_READ_AMPLIFICATION * n
+
+    def large(seqs: Sequence[int]) -> list[Any] | None:  # the spool's frames, as if each held ``size`` spans
+        found = spool.locate(seqs)
+        return None if found is None else [(p, o, k, first, size) for p, o, k, first, _ in found]
+
+    of_widest = [s for s in published if widest.first <= s.seq <= widest.last]
+    assert _encode_refs(*_batch(of_widest), {}, large) is not None  # 16x the batch's spans read: still by reference
+    assert _encode_refs(*_batch(of_widest[1:]), {}, large) is None  # more than 16x: by value
 
 
 def test_a_batch_by_reference_that_fails_is_retried_by_value_once(worker: SettleWorker, tmp_path: Path) -> None:
