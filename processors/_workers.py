@@ -46,7 +46,7 @@ Locate = Callable[[Sequence[int]], "list[FrameRef] | None"]
 _seq = operator.attrgetter("seq")
 # A span read from a frame costs the worker ~0.3 us per span of the frame (read, decompress) plus ~4 us for the span
 # itself; one sent by value costs ~5 us in the main process and ~6 in the worker: by reference stops paying when
-# the frames hold ~16x the batch's spans.
+# the frames hold ~20x the batch's spans. The limit is set a little below.
 _MAX_READ_AMPLIFICATION = 16
 
 
