@@ -184,6 +184,53 @@ def test_a_batch_sent_by_reference_is_read_from_the_spool_and_settles_exactly_as
     assert _encode_refs(*_batch(of_widest[1:]), {}, large) is None  # more than 16x: by value
 
 
+def test_a_settler_whose_workers_read_the_spool_settles_every_fixture_as_in_process_through_a_worker_kill(
+    tmp_path: Path,
+) -> None:
+    """The settler with two workers and the spool as its source, batches by reference (small batches, so several
+    are pipelined and some span frames), one worker killed with -9 halfway: the ledger holds exactly what settling
+    in the main process gives, and the batches went by reference."""
+    filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS)
+    requests = [extract(fixture_to_protobuf(load_fixture(name)), filt) for name in fixture_names()]
+
+    def settle(path: Path, workers: list[SettleWorker]) -> tuple[duckdb.DuckDBPyConnection, list[int]]:
+        spool = Spool(path.with_suffix(".spool"), attribute_text=bool(workers))
+        con = duckdb.connect(str(path))
+        located: list[int] = []
+
+        def locate(seqs: Sequence[int]) -> list[Any] | None:
+            located.append(len(seqs))
+            return spool.locate(seqs)
+
+        cfg = ProcessorsConfig(wait_duration_s=0, max_batch_spans=40)
+        settler = Settler(cfg, spool, Ledger(con), Pricer(PricingConfig()), workers=workers,
+                          locate=locate if workers else None)
+        spool.subscribe(settler.on_spans)
+        for i, ex in enumerate(requests):
+            spool.append(ex, "tenant.id=acme" if i % 3 == 0 else None)
+            if i == len(requests) // 2 and workers:
+                settler.flush()
+                assert workers[0]._proc is not None
+                os.kill(workers[0]._proc.pid, signal.SIGKILL)
+                workers[0]._proc.join(10)
+        settler.flush()
+        return con, located
+
+    ref, _ = settle(tmp_path / "ref.duckdb", [])
+    ws = [SettleWorker(IdentityConfig(), PricingConfig()) for _ in range(2)]
+    for w in ws:
+        w.start()
+    try:
+        con, located = settle(tmp_path / "l.duckdb", ws)
+    finally:
+        for w in ws:
+            w.close()
+    assert len(calls(ref)) > 20
+    assert calls(con) == calls(ref)
+    assert ws[0].restarts == 1
+    assert len(located) > 3 and sum(located) >= sum(len(ex) for ex in requests)
+
+
 def test_a_batch_by_reference_that_fails_is_retried_by_value_once(worker: SettleWorker, tmp_path: Path) -> None:
     """A batch the worker could not read from the spool (a file gone) is reported, and its retry goes by value and
     settles; the batch after that goes by reference again."""
