@@ -23,8 +23,7 @@ from processors._attribution import LinkedContext, TraceResult, TraceSummary, at
 from processors._columns import records_table
 from processors._pricing import Pricer, PricingConfig
 from processors.config import IdentityConfig
-from receiver import JSONAttributes, SpanEvent, SpanLink, StagedSpan
-from receiver._spool import FrameRef, read_spans_at
+from receiver import FrameRef, JSONAttributes, SpanEvent, SpanLink, StagedSpan, read_spans_at
 
 log = logging.getLogger("tenantledger.processors")
 
@@ -41,7 +40,7 @@ assert _SPAN_FIELDS[_EVENTS + 1] == "links"
 _span_tuple_text = operator.attrgetter(*(f if f != "attributes" else "attributes.text" for f in _SPAN_FIELDS))
 
 Batch = tuple[list[str], dict[str, list[StagedSpan]], dict[str, LinkedContext]]
-Locate = Callable[[Sequence[int]], "list[FrameRef] | None"]
+Locate = Callable[[Sequence[int]], list[FrameRef] | None]
 """Where spans are in the spool, by sequence number (receiver.Spool.locate)."""
 _seq = operator.attrgetter("seq")
 # A span read from a frame costs the worker ~0.3 us per span of the frame (read, decompress) plus ~4 us for the span

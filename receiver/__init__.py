@@ -1,7 +1,9 @@
 """Stage 1 — the OTLP receiver: gRPC and HTTP Export, committed to a durable spool before acknowledging.
 
 Hands on: ``StagedSpan`` (read back from the ``Spool`` or published to its listeners after commit), whose attributes
-are a dict or, for processors that read them in other processes, ``JSONAttributes``.
+are a dict or, for processors that read them in other processes, ``JSONAttributes``; and, for a reader in another
+process, where spans are in the spool's files (``Spool.locate``, ``FrameRef``) and how to read them there
+(``read_spans_at``).
 """
 
 from receiver._core import ExportHandler, ExportOutcome, ReceiverStats
@@ -21,7 +23,7 @@ from receiver._grpc import GrpcServer
 from receiver._http import HttpRequest, HttpResponse, HttpServer, Route
 from receiver._model import JSONAttributes, SpanEvent, SpanLink, StagedSpan
 from receiver._otlp import AttributeFilter, SpanValidator, decode_json, decode_protobuf, extract
-from receiver._spool import Spool
+from receiver._spool import FrameRef, Spool, read_spans_at
 from receiver.config import AuthConfig, ReceiverConfig, TLSConfig, parse_endpoint
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "DecodePool",
     "ExportHandler",
     "ExportOutcome",
+    "FrameRef",
     "GrpcServer",
     "HttpRequest",
     "HttpResponse",
@@ -56,5 +59,6 @@ __all__ = [
     "decode_protobuf",
     "extract",
     "parse_endpoint",
+    "read_spans_at",
     "to_wire",
 ]

@@ -1,5 +1,6 @@
 """The durable spool: staged spans appended to segment files of Arrow IPC frames and synced to disk before Export is
-acknowledged, then published in commit order to the processors; read back after a restart (docs/adr/0004).
+acknowledged, then published in commit order to the processors; read back after a restart, and by settle workers
+from its files (docs/adr/0004).
 """
 
 from __future__ import annotations

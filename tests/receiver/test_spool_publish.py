@@ -232,7 +232,7 @@ def test_spans_located_by_number_are_read_in_another_process_exactly_as_read_bac
     any subset of numbers, across frames, segments and a gap, comes back as the same spans ``read_after`` gives,
     in order, each frame listed once; a number in no frame (a gap, beyond the end) locates nothing, and a frame
     that does not hold what it was said to is an error, never other spans."""
-    from receiver._spool import read_spans_at
+    from receiver import read_spans_at
 
     spool = Spool(tmp_path / "spool", segment_bytes=64 << 10)
     reqs = _requests(AttributeFilter(IdentityConfig().all_keys()))
