@@ -211,9 +211,8 @@ def _worker_main(conn: Any, identity: IdentityConfig, pricing: PricingConfig, in
     """The worker's loop: one batch in, its results out, until the pipe closes or an empty message arrives.
 
     Wire: a batch is two messages, its kind (M/P: marshalled/pickled spans, R: their spool sequence numbers and
-    frames) and its payload; an empty kind message stops
-    the worker. The answer is a pickled head, ("ok", summaries) or ("error", traceback), and after an "ok" head
-    the records' Arrow IPC stream."""
+    frames) and its payload; an empty kind message stops the worker. The answer is a pickled head, ("ok", summaries)
+    or ("error", traceback), and after an "ok" head the records' Arrow IPC stream."""
     import gc
 
     if inherited is not None:
