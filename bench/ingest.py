@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                         "of the per-repeat ratios (default 3)")
     p.add_argument("--skip-baseline", action="store_true", help="do not run bench/baseline.py first")
     p.add_argument("--ceiling-s", type=float, default=5.0,
-                   help="seconds of each of the three phases of the machine-ceiling measurement in every repeat "
-                        "(bench/_ceiling.py; 0 skips it; default 5)")
+                   help="seconds of the machine-ceiling measurement's work on one CPU, and as many on two, in "
+                        "alternating windows of about a second, in every repeat (bench/_ceiling.py; 0 skips it; "
+                        "default 5)")
     p.add_argument("--phoenix", metavar="EXE", default=shutil.which("phoenix"),
                    help="a `phoenix` executable (arize-phoenix, optional, not a dependency): drive it with the same "
                         "load after the 1- and 2-core runs and print our rate over Phoenix's (target >= 100). "
