@@ -107,12 +107,14 @@ def machine_ceiling(seconds: float, requests: int = 8) -> tuple[float, float, fl
     start = time.time() + 3.0
     cpu0, cpu1 = _spawn(0, windows, requests, start), _spawn(1, together, requests, start)
     first, second = _result(cpu0), _result(cpu1)
-    alone = [first[i] for i in range(0, len(windows), 2)]
-    paired = [first[i] for i in range(1, len(windows), 2)]
-    one = sum(n for n, _ in alone) / max(1e-9, sum(s for _, s in alone))
-    two = sum(n for n, _ in paired) / max(1e-9, sum(s for _, s in paired)) + (
-        sum(n for n, _ in second) / max(1e-9, sum(s for _, s in second)))
+    one = _rate(first[0::2])  # CPU 0 in the windows it worked alone
+    two = _rate(first[1::2]) + _rate(second)  # both CPUs in the windows they worked together
     return two / max(1e-9, one), one, two
+
+
+def _rate(windows: list[tuple[int, float]]) -> float:
+    """Spans a second over ``windows`` (spans, seconds) taken together."""
+    return sum(n for n, _ in windows) / max(1e-9, sum(s for _, s in windows))
 
 
 def main() -> int:
