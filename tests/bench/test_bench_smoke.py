@@ -145,14 +145,19 @@ def test_restamp_gives_new_traces_and_calls_at_the_clocks_time() -> None:
     clock, and a server that keys spans by span id alone sees new spans)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from bench._load import Workload, build_requests, restamp, time_fields
+    from bench._load import Workload, build_requests, restamp, stamp_fields
 
     w = Workload(2, trace_size=10, spans_per_request=64, seed=3)
     body = build_requests(w)[1]
     shift = 3_600_000_000_123
+    where = stamp_fields(body, 3)
     before = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+    # Every id and response id of the request, and nothing else: the offsets rewrite exactly what they should.
+    assert len(where.ids) == 2 * len(before) + sum(1 for s in before if s.parent_span_id)
+    assert len(where.responses) == sum(1 for s in before for x in s.attributes if x.key == "gen_ai.response.id")
+    assert restamp(body, where, 3) == body
     after = ExportTraceServiceRequest.FromString(
-        restamp(body, 3, 0x100001, time_fields(body), shift)).resource_spans[0].scope_spans[0].spans
+        restamp(body, where, 0x100001, shift)).resource_spans[0].scope_spans[0].spans
     assert len(after) == len(before) == 64
     for a, b in zip(after, before, strict=True):
         assert a.start_time_unix_nano == b.start_time_unix_nano + shift
