@@ -72,6 +72,9 @@ class SettlementSink(Protocol):
 # is re-settled moments later, and reading it back from the spool each tick cost ~4 % of the one-core throughput
 # (bench/README.md, 2026-11-30 19:45). ~10 000 spans, ~30 MiB.
 HOT_TRACES = 1_000
+# Batches sent and not yet written, per worker: collected out of order (_collect_any), a batch done before an older
+# one waits for it; this bounds how many results (~10 MB each at max_batch_spans) wait so behind a slow one.
+MAX_INFLIGHT_PER_WORKER = 2
 
 
 @dataclass(slots=True)
@@ -106,6 +109,7 @@ class _Job:
     results: list[TraceResult] = field(default_factory=list)
     table: pa.Table | None = None
     worker: SettleWorker | None = None  # computing it, until collected
+    collected: bool = False  # its results are in (a batch may be collected before older ones: _collect_any)
 
 
 class _NotWritten(Exception):
@@ -161,7 +165,8 @@ class Settler:
         self._cache: OrderedDict[str, _Settled] = OrderedDict()
         self._hot: OrderedDict[str, dict[str, StagedSpan]] = OrderedDict()  # spans of the newest cached traces
         self._unwritten: dict[str, TraceSummary] = {}  # computed, not yet written (pipelined settle)
-        self._inflight: deque[_Job] = deque()  # sent to a worker, oldest first; results not collected yet
+        # Sent to a worker, oldest first; each computing, or collected before an older one (_collect_any).
+        self._inflight: deque[_Job] = deque()
         self._collected: deque[_Job] = deque()  # collected, not written yet (older than every job in flight)
         # Handed to the ledger writer thread, oldest first; finished (_reap) once written. Empty between ticks.
         self._writing: deque[tuple[_Job, Future[float]]] = deque()
@@ -334,14 +339,17 @@ class Settler:
         return room if room > self._spill_at // 2 else 0
 
     def _idle(self, timeout: float) -> None:
-        """Until the next tick: ``timeout``, or less when the oldest batch in flight has its results back (its worker
-        would otherwise sit idle for the rest of the interval) or ``stop`` is called."""
-        head = self._inflight[0].worker if self._inflight else None
-        if head is not None:
-            head.wait(timeout)
+        """Until the next tick: ``timeout``, or less when a batch in flight has its results back (its worker would
+        otherwise sit idle for the rest of the interval) or ``stop`` is called."""
+        computing = self._computing()
+        if computing:
+            SettleWorker.wait_any(computing, timeout)
         else:
             self._wake.wait(timeout)
         self._wake.clear()
+
+    def _computing(self) -> list[SettleWorker]:
+        return [j.worker for j in self._inflight if j.worker is not None]
 
     # --- one tick -----------------------------------------------------------------------------------
 
@@ -453,12 +461,14 @@ class Settler:
             raise
 
     def _settle_pipelined(self, batches: list[list[str]], keep_in_flight: bool) -> int:
-        """Through the workers, one batch in flight on each (ADR 0003). When every worker is busy, the oldest batch
-        is collected, the next batch is sent to the worker it frees, and only then is the collected one handed to
-        the ledger writer thread: the workers compute and the writer writes while this thread collects, prepares and
-        sends (DuckDB releases the GIL while it writes). At most one write is left behind this thread as it goes on,
-        and every write has committed when this returns. Batches are written in the order they were sent. With
-        ``keep_in_flight`` the last batches stay in the workers until a later tick.
+        """Through the workers, one batch computing on each (ADR 0003). When every worker is busy, the batches of
+        whichever worker finishes first are collected (``_collect_any``), the next batch is sent to the worker that
+        frees, and only then are the collected ones older than every batch still computing handed to the ledger
+        writer thread: the workers compute and the writer writes while this thread collects, prepares and sends
+        (DuckDB releases the GIL while it writes). Batches are written in the order they were sent; at most
+        ``MAX_INFLIGHT_PER_WORKER`` per worker are sent and not yet written. At most one write is left behind this
+        thread as it goes on, and every write has committed when this returns. With ``keep_in_flight`` the last
+        batches stay in the workers until a later tick.
 
         A link from a batch into one collected but not yet written resolves from its results (``_unwritten``); a
         link into one still computing first writes the batches up to it (``_write_linked``). A batch's traces stay
@@ -473,10 +483,12 @@ class Settler:
         try:
             self._collect_ready()
             for trace_ids in batches:
-                if len(self._inflight) >= len(self._workers):
+                if len(self._inflight) >= MAX_INFLIGHT_PER_WORKER * len(self._workers):
                     self._collected.append(self._collect())  # waits for the oldest; written after the next is sent
+                elif len(self._computing()) >= len(self._workers):
+                    self._collect_any()  # waits for whichever worker finishes first
                 job = self._prepare(trace_ids, before_links=before_links)
-                busy = {j.worker for j in self._inflight}
+                busy = set(self._computing())
                 job.worker = next(w for w in self._workers if w not in busy)
                 job.worker.submit(job.order, job.batch, job.contexts, self._locate)
                 self._inflight.append(job)
@@ -496,8 +508,8 @@ class Settler:
             while self._inflight:  # keep every pipe in step; their batches are settled again
                 lost = self._inflight.popleft()
                 try:
-                    assert lost.worker is not None
-                    lost.worker.collect()
+                    if lost.worker is not None:
+                        lost.worker.collect()
                 except Exception:
                     pass
                 self._requeue(lost.trace_ids)
@@ -509,9 +521,23 @@ class Settler:
             self._hand_off(self._collected.popleft())
 
     def _collect_ready(self) -> None:
-        """Collect the oldest batches whose results are already back (without waiting), freeing their workers."""
-        while self._inflight and self._inflight[0].worker is not None and self._inflight[0].worker.ready():
-            self._collected.append(self._collect())
+        """Collect the batches whose results are already back (without waiting), freeing their workers."""
+        for job in self._inflight:
+            if job.worker is not None and job.worker.ready():
+                self._collect_job(job)
+        self._collect_prefix()
+
+    def _collect_any(self) -> None:
+        """Wait until a worker has its batch's results back, whichever was sent first, and collect every batch whose
+        results are back. Batches are still written in the order they were sent (``_collected`` takes only the done
+        prefix of ``_inflight``): collecting the oldest first left a worker that finished sooner idle, its results
+        waiting in the pipe, until the oldest was done (bench/README.md, 2026-12-03 13:10)."""
+        SettleWorker.wait_any(self._computing(), None)
+        self._collect_ready()
+
+    def _collect_prefix(self) -> None:
+        while self._inflight and self._inflight[0].collected:
+            self._collected.append(self._inflight.popleft())
 
     def _write_linked(self, targets: set[str]) -> int:
         """Before a batch's link targets are resolved: write the batches up to the last one computing a target."""
@@ -525,15 +551,22 @@ class Settler:
 
     def _collect(self) -> _Job:
         """The oldest batch in flight with its results (waits for them)."""
-        job = self._inflight.popleft()
+        job = self._inflight[0]
+        if not job.collected:
+            self._collect_job(job)
+        return self._inflight.popleft()
+
+    def _collect_job(self, job: _Job) -> None:
+        """``job``'s results from its worker (waits for them), which is then free for another batch."""
         try:
             assert job.worker is not None
             job.results, job.table = job.worker.collect()
         except BaseException:
+            self._inflight.remove(job)
             self._requeue(job.trace_ids)
             raise
+        job.worker, job.collected = None, True
         self._computed(job)
-        return job
 
     def _computed(self, job: _Job) -> None:
         """A batch's results are in: links into its traces resolve from them (``_unwritten``) until it is written."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import marshal
 import multiprocessing as mp
+import multiprocessing.connection
 import operator
 import pickle
 import threading
@@ -347,10 +348,15 @@ class SettleWorker:
         with self._lock:
             return self._inflight and self._conn.poll(0)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the batch in flight to have its results back; ``ready`` after."""
-        with self._lock:
-            return self._inflight and self._conn.poll(timeout)
+    @staticmethod
+    def wait_any(workers: Sequence[SettleWorker], timeout: float | None) -> list[SettleWorker]:
+        """Wait up to ``timeout`` s (None: without limit) until one of ``workers``, each with a batch in flight,
+        has its results back (or died); those that have. Called by the settler thread only, as ``collect``."""
+        if not workers:
+            return []
+        by_conn = {id(w._conn): w for w in workers}
+        ready = mp.connection.wait([w._conn for w in workers], timeout)
+        return [by_conn[id(c)] for c in ready]
 
     def _died(self, e: BaseException) -> NoReturn:
         # Died mid-batch (killed, out of memory): restarted on the next call; the settler retries the batch.

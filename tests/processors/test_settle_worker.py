@@ -433,6 +433,50 @@ def test_two_workers_a_failed_write_loses_nothing(tmp_path: Path) -> None:
     assert calls(con) == calls(ref_con)
 
 
+def test_a_worker_that_finishes_first_gets_the_next_batch_while_an_older_one_computes(tmp_path: Path) -> None:
+    """Two workers, three batches: the first worker is stopped (SIGSTOP) before its batch arrives, as a worker
+    busy with a large batch would be. The second worker's batch is collected as soon as it is done and the third
+    batch goes to that worker, instead of both waiting for the oldest. Writes still follow the order the batches
+    were sent, and the ledger is the one a single in-process transaction gives."""
+    ref_con = reference(tmp_path / "ref.duckdb")
+    src = ListSource()
+    con = duckdb.connect(str(tmp_path / "l.duckdb"))
+    ws = _workers(2)
+    ledger, writes = _recording_ledger(con, ws, fail_on=set())
+    second_fed = _counting_sends(ws[1], 2)
+    submit, stopped = ws[0].submit, threading.Event()
+
+    def stop_then_submit(*args: Any) -> None:
+        if not stopped.is_set():
+            os.kill(ws[0]._proc.pid, signal.SIGSTOP)
+            stopped.set()
+        submit(*args)
+
+    ws[0].submit = stop_then_submit  # type: ignore[method-assign]
+    in_time: list[bool] = []
+
+    def resume() -> None:
+        stopped.wait(30)
+        in_time.append(second_fed.wait(10))  # settling the oldest first would wait here for the 10 s
+        os.kill(ws[0]._proc.pid, signal.SIGCONT)
+
+    resumer = threading.Thread(target=resume)
+    resumer.start()
+    cfg = ProcessorsConfig(wait_duration_s=0, settled_cache_traces=0, max_batch_spans=1)
+    settler = Settler(cfg, src, ledger, Pricer(PricingConfig()), workers=ws)
+    try:
+        feed(settler, src, REQUEST + TWICE)
+        settler.flush()
+        resumer.join()
+        assert all(w.restarts == 0 and not w._inflight for w in ws)
+    finally:
+        for w in ws:
+            w.close()
+    assert in_time == [True]
+    assert [letters for letters, _ in writes] == [["a"], ["c"], ["d"]]
+    assert calls(con) == [r for r in calls(ref_con) if r[0][0] in "acd"]
+
+
 def _counting_sends(w: SettleWorker, n: int) -> threading.Event:
     """An event set once ``w`` has been sent ``n`` batches."""
     sent = threading.Event()
