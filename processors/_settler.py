@@ -483,10 +483,7 @@ class Settler:
         try:
             self._collect_ready()
             for trace_ids in batches:
-                if len(self._inflight) >= MAX_INFLIGHT_PER_WORKER * len(self._workers):
-                    self._collected.append(self._collect())  # waits for the oldest; written after the next is sent
-                elif len(self._computing()) >= len(self._workers):
-                    self._collect_any()  # waits for whichever worker finishes first
+                self._make_room()  # the collected batches are written after the next is sent
                 job = self._prepare(trace_ids, before_links=before_links)
                 busy = set(self._computing())
                 job.worker = next(w for w in self._workers if w not in busy)
@@ -534,6 +531,19 @@ class Settler:
         waiting in the pipe, until the oldest was done (bench/README.md, 2026-12-03 13:10)."""
         SettleWorker.wait_any(self._computing(), None)
         self._collect_ready()
+
+    def _make_room(self) -> None:
+        """Until a worker is free for the next batch and fewer than ``MAX_INFLIGHT_PER_WORKER`` batches per worker
+        are sent and not yet written: collect whichever batches finish first, or the oldest when that bound is
+        reached (the batches collected before it wait for it to be written)."""
+        while True:
+            self._collect_prefix()
+            if len(self._inflight) >= MAX_INFLIGHT_PER_WORKER * len(self._workers):
+                self._collect_job(self._inflight[0])  # computing: a collected oldest is in _collected by now
+            elif len(self._computing()) >= len(self._workers):
+                self._collect_any()
+            else:
+                return
 
     def _collect_prefix(self) -> None:
         while self._inflight and self._inflight[0].collected:
