@@ -257,10 +257,10 @@ class SettleWorker:
     """One worker process. Restarted with the ``spawn`` method: by then the server has threads and an open
     DuckDB database, which a fork would copy mid-state.
 
-    Threading: ``settle``, ``submit``, ``ready`` and ``collect`` are called by the settler thread only; at most one
-    batch is in flight (``submit`` then ``collect``; the settler writes other batches in between). ``close`` may be
-    called from any thread. A worker that dies is restarted on the next batch; the batch it held is retried
-    (the spans are in the spool).
+    Threading: ``settle``, ``submit``, ``ready``, ``collect`` and ``wait_any`` are called by the settler thread only;
+    at most one batch is in flight (``submit`` then ``collect``; the settler writes other batches in between).
+    ``close`` may be called from any thread. A worker that dies is restarted on the next batch; the batch it held is
+    retried (the spans are in the spool).
     """
 
     def __init__(self, identity: IdentityConfig, pricing: PricingConfig) -> None:

@@ -220,7 +220,12 @@ def test_budget_crossings_fire_once_with_webhook_retries_and_survive_restart(env
     got = [(a["tenant_id"], a["threshold"]) for a in env.sink.received]
     assert env.sink.failed == 2  # two deliveries failed first and were retried
     assert sorted(got) == sorted(expected)  # every crossing exactly once, acme (own large budget) never
-    rows = sql(s, "SELECT tenant_id, threshold, attempts, delivered_at IS NOT NULL FROM budget_alerts")
+    # The sink records an alert before the server hears its 2xx and marks it delivered: wait for the marks.
+    query = "SELECT tenant_id, threshold, attempts, delivered_at IS NOT NULL FROM budget_alerts"
+    rows = sql(s, query)
+    while time.time() < deadline and not all(r[3] for r in rows):
+        time.sleep(0.2)
+        rows = sql(s, query)
     assert {(r[0], r[1]) for r in rows} == expected and all(r[3] for r in rows)
     assert sum(r[2] for r in rows) == len(expected) + 2
 
