@@ -349,14 +349,11 @@ class SettleWorker:
             return self._inflight and self._conn.poll(0)
 
     @staticmethod
-    def wait_any(workers: Sequence[SettleWorker], timeout: float | None) -> list[SettleWorker]:
+    def wait_any(workers: Sequence[SettleWorker], timeout: float | None) -> None:
         """Wait up to ``timeout`` s (None: without limit) until one of ``workers``, each with a batch in flight,
-        has its results back (or died); those that have. Called by the settler thread only, as ``collect``."""
-        if not workers:
-            return []
-        by_conn = {id(w._conn): w for w in workers}
-        ready = mp.connection.wait([w._conn for w in workers], timeout)
-        return [by_conn[id(c)] for c in ready]
+        has its results back (or died); ``ready`` says which. Called by the settler thread only, as ``collect``."""
+        if workers:
+            mp.connection.wait([w._conn for w in workers], timeout)
 
     def _died(self, e: BaseException) -> NoReturn:
         # Died mid-batch (killed, out of memory): restarted on the next call; the settler retries the batch.
