@@ -47,3 +47,30 @@ def test_a_long_essential_value_rejects_its_span_with_its_length_and_a_long_othe
                    {"key": "gen_ai.request.model", "value": {"stringValue": "m" * 64}}])
     assert len(ex) == 1 and "url.path" not in ex.attribute_dicts[0]
     assert ex.attribute_dicts[0]["gen_ai.request.model"] == "m" * 64
+
+
+def test_spans_waiting_to_settle_share_their_ids_and_names_and_the_names_kept_are_bounded() -> None:
+    """A span is held in memory until its trace settles: the spans of one trace in a request hold one copy of the
+    trace id, a child holds its parent's span id, and spans of the same name hold one name, across requests. A
+    sender that names every span differently gets its names right, and the shared copies stay bounded."""
+    from receiver import _otlp
+
+    def request(names: list[str]) -> bytes:
+        spans = [{"traceId": "ab" * 16, "spanId": f"{i + 1:016x}", "parentSpanId": "" if i == 0 else f"{1:016x}",
+                  "name": name, "kind": 3, "startTimeUnixNano": "1767225600000000000",
+                  "endTimeUnixNano": "1767225601000000000",
+                  "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}}]}
+                 for i, name in enumerate(names)]
+        return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
+
+    filt = AttributeFilter(FILTER.identity_keys, 64)
+    first = extract(decode_json(request(["chat gpt-4o"] * 3)), filt)
+    second = extract(decode_json(request(["chat gpt-4o"])), filt)
+    assert first.trace_id == ["ab" * 16] * 3 and len({id(t) for t in first.trace_id}) == 1
+    assert first.parent_span_id == [None, f"{1:016x}", f"{1:016x}"]
+    assert first.parent_span_id[1] is first.span_id[0] and first.parent_span_id[2] is first.span_id[0]
+    assert second.name[0] == "chat gpt-4o" and second.name[0] is first.name[0]
+    many = [f"span {n}" for n in range(_otlp._MAX_SHARED_NAMES + 10)]
+    ex = extract(decode_json(request(many)), filt)
+    assert ex.name == many
+    assert len(filt.names) == _otlp._MAX_SHARED_NAMES
