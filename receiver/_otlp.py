@@ -379,6 +379,10 @@ def extract(
             f"request carries {total} spans, over max_spans_per_request ({max_spans}): export smaller batches "
             "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise the limit"
         )
+    # The hex of each id seen in this request, shared by the spans that carry it (a trace's spans its trace id, a
+    # parent and its children the parent's span id): a span waits in memory until its trace settles, and a private
+    # copy of each was ~210 of the ~1 090 bytes it held there (bench/README.md, 2026-12-03 18:20).
+    hexes: dict[bytes, str] = {}
     for rs in req.resource_spans:
         res_attrs: dict[str, AttrValue] = {}
         for kv in rs.resource.attributes:
@@ -387,10 +391,6 @@ def extract(
         service = res_attrs.get("service.name")
         service_name = service if isinstance(service, str) else None
         res_json = _json(res_attrs)
-        # The hex of each id seen in this request, shared by the spans that carry it (a trace's spans its trace id,
-        # a parent and its children the parent's span id): a span waits in memory until its trace settles, and a
-        # private copy of each was ~190 of the ~1 090 bytes it held there (bench/README.md, 2026-12-03 18:30).
-        hexes: dict[bytes, str] = {}
         for ss in rs.scope_spans:
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None
