@@ -73,7 +73,8 @@ class SettlementSink(Protocol):
 # (bench/README.md, 2026-11-30 19:45). ~10 000 spans, ~30 MiB.
 HOT_TRACES = 1_000
 # Batches sent and not yet written, per worker: collected out of order (_collect_any), a batch done before an older
-# one waits for it; this bounds how many results (~10 MB each at max_batch_spans) wait so behind a slow one.
+# one waits for it; this bounds how many results (~10 MB each at max_batch_spans) wait so behind a slow one. The
+# default in-memory bound leaves room for them (ProcessorsConfig.in_memory_bound).
 MAX_INFLIGHT_PER_WORKER = 2
 
 
@@ -172,7 +173,7 @@ class Settler:
         self._writing: deque[tuple[_Job, Future[float]]] = deque()
         self._writer: ThreadPoolExecutor | None = None
         self._write_failed = threading.Event()
-        self._spill_at = config.max_pending_spans_in_memory
+        self._spill_at = config.in_memory_bound(len(workers))
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
         self._read_to = 0  # while spilling: the last sequence number read back from it
@@ -334,9 +335,10 @@ class Settler:
 
     def _read_room(self) -> int:
         """How many spans the next read-back may take: 0 until half the memory bound is free (read in large chunks:
-        a trace whose spans straddle two chunks is settled early and again at the next)."""
+        a trace whose spans straddle two chunks is settled early and again at the next). Half is enough: with one
+        ``max_batch_spans`` batch per worker in flight, a bound of 2 x that per worker frees exactly half."""
         room = self._spill_at - self._pending_spans
-        return room if room > self._spill_at // 2 else 0
+        return room if room >= self._spill_at // 2 else 0
 
     def _idle(self, timeout: float) -> None:
         """Until the next tick: ``timeout``, or less when a batch in flight has its results back (its worker would
@@ -491,8 +493,11 @@ class Settler:
                 self._inflight.append(job)
                 self._write_collected()
                 n += self._reap(1)
-            if not keep_in_flight or not batches:
-                self._write_collected()
+            self._write_collected()
+            # Batches still computing are left to a later tick even when nothing new was sent: waiting for them here
+            # held the read-back of spilled spans until every worker had finished, and the workers then idled
+            # while it read and prepared (bench/README.md, 2026-12-04 12:40).
+            if not keep_in_flight:
                 while self._inflight:
                     self._hand_off(self._collect())
                     n += self._reap(1)

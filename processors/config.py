@@ -49,12 +49,23 @@ class ProcessorsConfig(_Strict):
     """Unsettled traces held in memory; beyond it the oldest are settled early (late spans correct them)."""
     max_pending_spans: int = Field(default=2_000_000, gt=0)
     """Spans waiting to settle; beyond it the receiver answers retryable backpressure."""
-    max_pending_spans_in_memory: int = Field(default=32_768, gt=0)
-    """Of those, the most held in memory: beyond it, newly committed spans stay only in the spool and are read back,
-    in order, as the settler catches up (a backlog costs disk, not memory). The process keeps the memory of its
-    largest backlog for good (Python's allocator returns an arena only once it is empty), so this bound is also the
-    step RSS takes after a stall: after 20 s stopped at 7 000 spans/s, +75 MiB at 32 768 against +180 at 100 000, at
-    the same burst rate and CPU (bench/README.md, 2026-12-04), where 6 000-14 000 spans waited under steady load."""
+    max_pending_spans_in_memory: int | None = Field(default=None, gt=0)
+    """Of those, the most held in memory: beyond it, newly committed spans stay only in the spool and are read back, in
+    order, as the settler catches up (a backlog costs disk, not memory). None (unset): 32 768, or room for two batches
+    (2 x ``max_batch_spans``) plus, per settle worker, the batches it may have computing or waiting to be written (2 x
+    ``max_batch_spans``) if that is more: 32 768 without settle workers, 98 304 with two. Spans stay pending until their
+    batch is written, so with less the read-back waits for each write and the workers idle meanwhile (2 cores, 4
+    interleaved bursts: 23 300 spans/s at 32 768 against 28 800 at 100 000; bench/README.md, 2026-12-04 12:40). The
+    process keeps the memory of its largest backlog for good (Python's allocator returns an arena only once it is
+    empty), so this bound is also the step RSS takes after a stall: after 20 s stopped at 7 000 spans/s, +75 MiB at
+    32 768 against +180 at 100 000, at the same one-core burst rate (bench/README.md, 2026-12-04 03:00)."""
+
+    def in_memory_bound(self, settle_workers: int) -> int:
+        """``max_pending_spans_in_memory``, or its default for that many settle workers."""
+        if self.max_pending_spans_in_memory is not None:
+            return self.max_pending_spans_in_memory
+        return max(32_768, self.max_batch_spans * (2 + 2 * settle_workers))
+
     settle_interval_s: float = Field(default=0.2, gt=0)
     settle_batch_spans: int = Field(default=4_096, ge=1)
     """While spans keep arriving, a tick settles the due traces only once they hold this many spans, or once the

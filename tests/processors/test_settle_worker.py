@@ -324,7 +324,8 @@ def test_a_failed_write_in_a_pipelined_backlog_loses_nothing(tmp_path: Path) -> 
 
 
 def test_a_batch_left_in_the_worker_is_written_next_tick_and_a_span_arriving_meanwhile_is_kept(tmp_path: Path) -> None:
-    """A tick leaves its batch computing in the worker; the next tick writes it. A span of that trace arriving in
+    """A tick leaves its batch computing in the worker; the next tick once its results are back writes it (a tick
+    does not wait for a worker when it has nothing to send). A span of that trace arriving in
     between is neither lost nor written with the batch: it stays pending (the watermark stays below it) and
     re-settles the trace, which ends as if all its spans had come at once."""
     late = span("a", "4", "1", kind=3, attrs=chat(30, 3, response_id="r4"), seq=8)
@@ -346,6 +347,8 @@ def test_a_batch_left_in_the_worker_is_written_next_tick_and_a_span_arriving_mea
         settler.run_once()
         assert w._inflight and calls(con) == [] and ledger.watermark() == 0
         feed(settler, src2, [late])
+        SettleWorker.wait_any([w], 30.0)
+        assert w.ready()
         settler.run_once()  # writes the batch in flight; the late span waits
         assert len(calls(con)) == 2 and settler.pending_spans == 1 and ledger.watermark() == late.seq - 1
         settler.flush()
