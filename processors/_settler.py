@@ -74,8 +74,18 @@ class SettlementSink(Protocol):
 HOT_TRACES = 1_000
 # Batches sent and not yet written, per worker: collected out of order (_collect_any), a batch done before an older
 # one waits for it; this bounds how many results (~10 MB each at max_batch_spans) wait so behind a slow one. The
-# default in-memory bound leaves room for them (ProcessorsConfig.in_memory_bound).
+# default in-memory bound leaves room for them (_in_memory_bound).
 MAX_INFLIGHT_PER_WORKER = 2
+# processors.max_pending_spans_in_memory unset, and no settle workers.
+MIN_IN_MEMORY_SPANS = 32_768
+
+
+def _in_memory_bound(config: ProcessorsConfig, settle_workers: int) -> int:
+    """processors.max_pending_spans_in_memory, or its default: room for two batches being read back and prepared,
+    plus each worker's batches in flight (spans stay pending until their batch is written)."""
+    if config.max_pending_spans_in_memory is not None:
+        return config.max_pending_spans_in_memory
+    return max(MIN_IN_MEMORY_SPANS, config.max_batch_spans * (2 + MAX_INFLIGHT_PER_WORKER * settle_workers))
 
 
 @dataclass(slots=True)
@@ -173,7 +183,7 @@ class Settler:
         self._writing: deque[tuple[_Job, Future[float]]] = deque()
         self._writer: ThreadPoolExecutor | None = None
         self._write_failed = threading.Event()
-        self._spill_at = config.in_memory_bound(len(workers))
+        self._spill_at = _in_memory_bound(config, len(workers))
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
         self._read_to = 0  # while spilling: the last sequence number read back from it

@@ -60,12 +60,6 @@ class ProcessorsConfig(_Strict):
     empty), so this bound is also the step RSS takes after a stall: after 20 s stopped at 7 000 spans/s, +75 MiB at
     32 768 against +180 at 100 000, at the same one-core burst rate (bench/README.md, 2026-12-04 03:00)."""
 
-    def in_memory_bound(self, settle_workers: int) -> int:
-        """``max_pending_spans_in_memory``, or its default for that many settle workers."""
-        if self.max_pending_spans_in_memory is not None:
-            return self.max_pending_spans_in_memory
-        return max(32_768, self.max_batch_spans * (2 + 2 * settle_workers))
-
     settle_interval_s: float = Field(default=0.2, gt=0)
     settle_batch_spans: int = Field(default=4_096, ge=1)
     """While spans keep arriving, a tick settles the due traces only once they hold this many spans, or once the
