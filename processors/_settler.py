@@ -78,11 +78,19 @@ HOT_TRACES = 1_000
 MAX_INFLIGHT_PER_WORKER = 2
 # processors.max_pending_spans_in_memory unset, and no settle workers.
 MIN_IN_MEMORY_SPANS = 32_768
+# processors.max_pending_spans_in_memory unset: on top of _in_memory_bound, room for the spans that wait out the settle
+# window at the current arrival rate, up to this many. Those are the pipeline's contents, not a backlog: without the
+# room, a one-core server at ~13 000 spans/s held ~20 000-30 000 of them against a bound of 32 768, a 0.5 s ledger
+# write tipped it into spilling, and while it spills every arriving span is read back from the spool (~7 us a span
+# more), which held it behind for good (bench/README.md, 2026-12-04 16:30).
+MAX_WINDOW_SPANS = 65_536
+RATE_SMOOTHING_S = 2.0
+"""How quickly the arrival rate behind that room follows the load (an exponential average over about this long)."""
 
 
 def _in_memory_bound(config: ProcessorsConfig, settle_workers: int) -> int:
-    """processors.max_pending_spans_in_memory, or its default: room for two batches being read back and prepared,
-    plus each worker's batches in flight (spans stay pending until their batch is written)."""
+    """processors.max_pending_spans_in_memory, or the base of its default: room for two batches being read back and
+    prepared, plus each worker's batches in flight (spans stay pending until their batch is written)."""
     if config.max_pending_spans_in_memory is not None:
         return config.max_pending_spans_in_memory
     return max(MIN_IN_MEMORY_SPANS, config.max_batch_spans * (2 + MAX_INFLIGHT_PER_WORKER * settle_workers))
@@ -183,7 +191,13 @@ class Settler:
         self._writing: deque[tuple[_Job, Future[float]]] = deque()
         self._writer: ThreadPoolExecutor | None = None
         self._write_failed = threading.Event()
-        self._spill_at = _in_memory_bound(config, len(workers))
+        self._spill_at = self._base_bound = _in_memory_bound(config, len(workers))
+        # Unset bound: it follows the arrival rate (_follow_rate); these measure it. _published counts the spans
+        # published to on_spans, held or spilled.
+        self._adaptive = config.max_pending_spans_in_memory is None
+        self._published = 0
+        self._rate = 0.0
+        self._rate_at: tuple[float, int] | None = None
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
         self._read_to = 0  # while spilling: the last sequence number read back from it
@@ -208,6 +222,7 @@ class Settler:
         if not spans:
             return
         with self._inbox_lock:
+            self._published += len(spans)
             if not self._spilling and self._pending_spans + self._inbox_spans + len(spans) > self._spill_at:
                 # Bounded memory: from here on spans are left in the spool, read back in order (_read_back).
                 # Every span before these is in memory already.
@@ -221,6 +236,32 @@ class Settler:
                 self._inbox.append(spans)
                 self._inbox_spans += len(spans)
         self._check_pressure()
+
+    @property
+    def in_memory_bound(self) -> int:
+        """How many pending spans may be held in memory now (processors.max_pending_spans_in_memory, or its
+        default, which follows the arrival rate)."""
+        return self._spill_at
+
+    def _follow_rate(self, now: float) -> None:
+        """processors.max_pending_spans_in_memory unset: the bound is its base plus the spans that wait out the
+        settle window (wait_duration_s, then settle_max_delay_s while a batch fills, and a tick each side) at the
+        arrival rate, averaged over ~RATE_SMOOTHING_S, at most MAX_WINDOW_SPANS more."""
+        if not self._adaptive:
+            return
+        published = self._published
+        if self._rate_at is None:
+            self._rate_at = (now, published)
+            return
+        since, before = self._rate_at
+        dt = now - since
+        if dt <= 0:
+            return
+        self._rate += ((published - before) / dt - self._rate) * min(1.0, dt / RATE_SMOOTHING_S)
+        self._rate_at = (now, published)
+        cfg = self._cfg
+        window_s = cfg.wait_duration_s + cfg.settle_max_delay_s + 2 * cfg.settle_interval_s
+        self._spill_at = self._base_bound + min(MAX_WINDOW_SPANS, int(self._rate * window_s))
 
     @property
     def pending_spans(self) -> int:
@@ -375,6 +416,7 @@ class Settler:
                 self._cache.clear()
                 self._hot.clear()
             now = self._clock()
+            self._follow_rate(now)
             with self._inbox_lock:
                 batches = list(self._inbox)
                 self._inbox.clear()

@@ -616,6 +616,7 @@ def _health(service: Service) -> dict[str, float]:
         "counter:ledger_write_errors": st.write_errors,
         "gauge:traces_pending": service.settler.pending_traces,
         "gauge:spans_pending": service.settler.pending_spans,
+        "gauge:spans_in_memory_bound": service.settler.in_memory_bound,
         "gauge:settle_lag_seconds": st.last_settle_lag_s,
         "gauge:ledger_write_seconds": st.last_write_s,
         "gauge:spool_bytes": service.spool.stats.bytes,
