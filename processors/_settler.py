@@ -79,10 +79,10 @@ MAX_INFLIGHT_PER_WORKER = 2
 # processors.max_pending_spans_in_memory unset, and no settle workers.
 MIN_IN_MEMORY_SPANS = 32_768
 # processors.max_pending_spans_in_memory unset: on top of _in_memory_bound, room for the spans that wait out the settle
-# window at the current arrival rate, up to this many. Those are the pipeline's contents, not a backlog: without the
-# room, a one-core server at ~13 000 spans/s held ~20 000-30 000 of them against a bound of 32 768, a 0.5 s ledger
-# write tipped it into spilling, and while it spills every arriving span is read back from the spool (~7 us a span
-# more), which held it behind for good (bench/README.md, 2026-12-04 16:30).
+# window at the rate they arrive and are settled, up to this many. Those are the pipeline's contents, not a backlog:
+# without the room, a one-core server at ~13 000 spans/s held ~20 000-30 000 of them against a bound of 32 768, a
+# short stall tipped it into spilling, and while it spills every arriving span is read back from the spool (~10 us a
+# span more), which held it behind (bench/README.md, 2026-12-04 15:15).
 MAX_WINDOW_SPANS = 65_536
 RATE_SMOOTHING_S = 2.0
 """How quickly the arrival rate behind that room follows the load (an exponential average over about this long)."""
@@ -192,12 +192,13 @@ class Settler:
         self._writer: ThreadPoolExecutor | None = None
         self._write_failed = threading.Event()
         self._spill_at = self._base_bound = _in_memory_bound(config, len(workers))
-        # Unset bound: it follows the arrival rate (_follow_rate); these measure it. _published counts the spans
-        # published to on_spans, held or spilled.
+        # Unset bound: it follows the rate spans arrive and are settled at (_follow_rate); these measure it.
+        # _published counts the spans published to on_spans (held or spilled), _settled those whose write committed.
         self._adaptive = config.max_pending_spans_in_memory is None
         self._published = 0
-        self._rate = 0.0
-        self._rate_at: tuple[float, int] | None = None
+        self._settled = 0
+        self._rates = (0.0, 0.0)  # arriving, settled: spans a second
+        self._rate_at: tuple[float, int, int] | None = None
         self._spilling = False
         self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
         self._read_to = 0  # while spilling: the last sequence number read back from it
@@ -245,23 +246,30 @@ class Settler:
 
     def _follow_rate(self, now: float) -> None:
         """processors.max_pending_spans_in_memory unset: the bound is its base plus the spans that wait out the
-        settle window (wait_duration_s, then settle_max_delay_s while a batch fills, and a tick each side) at the
-        arrival rate, averaged over ~RATE_SMOOTHING_S, at most MAX_WINDOW_SPANS more."""
+        settle window (wait_duration_s, then settle_max_delay_s while a batch fills, and a tick each side) at the rate
+        spans arrive, or are settled if that is lower (each averaged over ~RATE_SMOOTHING_S), at most MAX_WINDOW_SPANS
+        more. The lower of the two: in a burst, spans arriving faster than the settler settles them are a backlog,
+        which waits in the spool (one-core bursts, 5 interleaved pairs: 5 % slower with the arrival rate alone;
+        bench/README.md, 2026-12-04 15:15)."""
         if not self._adaptive:
             return
-        published = self._published
+        published, settled = self._published, self._settled
         if self._rate_at is None:
-            self._rate_at = (now, published)
+            self._rate_at = (now, published, settled)
             return
-        since, before = self._rate_at
+        since, published_before, settled_before = self._rate_at
         dt = now - since
         if dt <= 0:
             return
-        self._rate += ((published - before) / dt - self._rate) * min(1.0, dt / RATE_SMOOTHING_S)
-        self._rate_at = (now, published)
+        weight = min(1.0, dt / RATE_SMOOTHING_S)
+        arriving, settling = self._rates
+        arriving += ((published - published_before) / dt - arriving) * weight
+        settling += ((settled - settled_before) / dt - settling) * weight
+        self._rates = (arriving, settling)
+        self._rate_at = (now, published, settled)
         cfg = self._cfg
         window_s = cfg.wait_duration_s + cfg.settle_max_delay_s + 2 * cfg.settle_interval_s
-        self._spill_at = self._base_bound + min(MAX_WINDOW_SPANS, int(self._rate * window_s))
+        self._spill_at = self._base_bound + min(MAX_WINDOW_SPANS, int(min(arriving, settling) * window_s))
 
     @property
     def pending_spans(self) -> int:
@@ -804,10 +812,12 @@ class Settler:
             done = spans_by_trace[tid]
             if p.spans.keys() <= done.keys():
                 self._pending_spans -= len(p.spans)
+                self._settled += len(p.spans)
                 del self._pending[tid]
             else:
                 rest = {sid: s for sid, s in p.spans.items() if sid not in done}
                 self._pending_spans -= len(p.spans) - len(rest)
+                self._settled += len(p.spans) - len(rest)
                 p.spans = rest
                 p.min_seq = min(s.seq for s in rest.values())
         self.stats.last_write_s = write_s

@@ -54,8 +54,9 @@ class ProcessorsConfig(_Strict):
     order, as the settler catches up (a backlog costs disk, not memory). None (unset): a base of 32 768, or room for two
     batches (2 x ``max_batch_spans``) plus, per settle worker, the batches it may have computing or waiting to be
     written (2 x ``max_batch_spans``) if that is more (98 304 with two workers), plus room for the spans that wait out
-    the settle window at the arrival rate (averaged over ~2 s: rate x (``wait_duration_s`` + ``settle_max_delay_s``
-    + 2 x ``settle_interval_s``), at most 65 536 more): those are the pipeline's contents, not a backlog. Without that
+    the settle window at the rate spans arrive, or are settled if that is lower (each averaged over ~2 s: rate x
+    (``wait_duration_s`` + ``settle_max_delay_s`` + 2 x ``settle_interval_s``), at most 65 536 more): those are the
+    pipeline's contents, not a backlog (in a burst, spans arriving faster than they settle are one). Without that
     room a one-core server at ~13 000 spans/s held 20 000-30 000 of them against 32 768, so a short stall made it
     spill, and every span arriving while it spills is read back from the spool, which cost it more than its headroom
     (bench/README.md, 2026-12-04 16:30). Spans stay pending until their batch is written, so with less than the base the

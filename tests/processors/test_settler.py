@@ -542,38 +542,39 @@ def test_in_process_the_next_batch_is_computed_while_a_batch_is_written(tmp_path
 
 def test_the_default_memory_bound_makes_room_for_the_settle_window_at_the_arrival_rate(tmp_path: Path) -> None:
     """processors.max_pending_spans_in_memory unset: spans waiting out the settle window are the pipeline's contents,
-    not a backlog. The bound is its base plus that window's spans at the arrival rate (at most MAX_WINDOW_SPANS more),
-    so a stall's backlog up to the base still fits in memory on top of them (not spilled and read back); the bound
-    returns to its base once the load stops. A configured bound does not move."""
+    not a backlog. The bound is its base plus that window's spans at the rate spans arrive and are settled (at most
+    MAX_WINDOW_SPANS more), so a stall's backlog as large as the base still fits in memory on top of them instead of
+    being spilled and read back (a bound fixed at the base spills it); the bound returns to its base once the load
+    stops. A configured bound does not move."""
     now = [100.0]
-    src = ListSource()
-    cfg = ProcessorsConfig(wait_duration_s=30, settle_max_delay_s=1, settle_interval_s=0.5, settle_workers=0)
-    s = Settler(cfg, src, Ledger(duckdb.connect(str(tmp_path / "l.duckdb"))), Pricer(PricingConfig()),
-                clock=lambda: now[0])
+    cfg = ProcessorsConfig(wait_duration_s=2, settle_max_delay_s=0, settle_batch_spans=1, settle_interval_s=0.5,
+                           settle_workers=0)
     base = _settler.MIN_IN_MEMORY_SPANS
-    assert s.in_memory_bound == base
-    seq = 0
-    for tick in range(40):  # 500 spans every 0.5 s (1 000 a second) for 20 s: all in their 30 s window
-        batch = [span(f"t{tick:03d}", f"{i:016x}", seq=seq + i + 1) for i in range(500)]
-        seq += len(batch)
-        feed(s, src, batch)
-        s.run_once()
+    settlers = []
+    for name, c in (("default", cfg), ("fixed", cfg.model_copy(update={"max_pending_spans_in_memory": base}))):
+        src = ListSource()
+        s = Settler(c, src, Ledger(duckdb.connect(str(tmp_path / f"{name}.duckdb"))), Pricer(PricingConfig()),
+                    clock=lambda: now[0])
+        settlers.append((s, src))
+    assert all(s.in_memory_bound == base for s, _ in settlers)
+    for tick in range(40):  # 500 spans every 0.5 s (1 000 a second) for 20 s, each tick's a trace, due 2 s later
+        batch = [span(f"t{tick:03d}", f"{i:016x}", seq=tick * 500 + i + 1) for i in range(500)]
+        for s, src in settlers:
+            feed(s, src, batch)
+            s.run_once()
         now[0] += 0.5
-    window_s = 30 + 1 + 2 * 0.5
+    (s, src), (fixed, fixed_src) = settlers
+    window_s = 2 + 0 + 2 * 0.5
     assert abs(s.in_memory_bound - (base + 1_000 * window_s)) < 0.02 * 1_000 * window_s
-    # The 20 000 spans in their window, and a stall's backlog as large as the base on top: all held, none spilled.
-    feed(s, src, [span("stall", f"{i:016x}", seq=seq + i + 1) for i in range(base)])
-    s.run_once()
-    assert s.stats.spans_spilled == 0 and s.pending_spans == seq + base
-    for _ in range(80):  # the load stops: everything settles, and the bound returns to its base
-        s.run_once()
+    assert s.pending_spans == fixed.pending_spans == 2_000  # four ticks' traces in their window
+    stall = [span("stall", f"{i:016x}", seq=20_000 + i + 1) for i in range(base)]
+    for x, x_src in settlers:
+        feed(x, x_src, stall)
+    assert s.stats.spans_spilled == 0 and s.pending_spans == 2_000 + base
+    assert fixed.stats.spans_spilled == base and fixed.pending_spans == 2_000 + base  # the same, part in the spool
+    for _ in range(40):  # the load stops: everything settles, and the bound returns to its base
+        for x, _ in settlers:
+            x.run_once()
         now[0] += 0.5
     assert s.pending_spans == 0 and s.stats.spans_spilled == 0 and s.in_memory_bound == base
-
-    fixed = Settler(ProcessorsConfig(wait_duration_s=30, settle_workers=0, max_pending_spans_in_memory=1_000), src,
-                    Ledger(duckdb.connect(str(tmp_path / "f.duckdb"))), Pricer(PricingConfig()), clock=lambda: now[0])
-    for tick in range(10):
-        fixed.on_spans(src.spans[tick * 500:(tick + 1) * 500])
-        fixed.run_once()
-        now[0] += 0.5
-    assert fixed.in_memory_bound == 1_000 and fixed.stats.spans_spilled == 5_000 - 1_000
+    assert fixed.pending_spans == 0 and fixed.in_memory_bound == base
