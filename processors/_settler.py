@@ -85,7 +85,7 @@ MIN_IN_MEMORY_SPANS = 32_768
 # span more), which held it behind (bench/README.md, 2026-12-04 15:15).
 MAX_WINDOW_SPANS = 65_536
 RATE_SMOOTHING_S = 2.0
-"""How quickly the arrival rate behind that room follows the load (an exponential average over about this long)."""
+"""How quickly the rates behind that room follow the load (exponential averages over about this long)."""
 
 
 def _in_memory_bound(config: ProcessorsConfig, settle_workers: int) -> int:
@@ -241,7 +241,7 @@ class Settler:
     @property
     def in_memory_bound(self) -> int:
         """How many pending spans may be held in memory now (processors.max_pending_spans_in_memory, or its
-        default, which follows the arrival rate)."""
+        default, which follows the rate spans arrive and settle at: _follow_rate)."""
         return self._spill_at
 
     def _follow_rate(self, now: float) -> None:
@@ -811,15 +811,15 @@ class Settler:
                 continue
             done = spans_by_trace[tid]
             if p.spans.keys() <= done.keys():
-                self._pending_spans -= len(p.spans)
-                self._settled += len(p.spans)
+                settled = len(p.spans)
                 del self._pending[tid]
             else:
                 rest = {sid: s for sid, s in p.spans.items() if sid not in done}
-                self._pending_spans -= len(p.spans) - len(rest)
-                self._settled += len(p.spans) - len(rest)
+                settled = len(p.spans) - len(rest)
                 p.spans = rest
                 p.min_seq = min(s.seq for s in rest.values())
+            self._pending_spans -= settled
+            self._settled += settled
         self.stats.last_write_s = write_s
         self.stats.last_settle_lag_s = self._clock() - job.t0
         self.stats.traces_settled += len(results)
