@@ -81,8 +81,9 @@ MIN_IN_MEMORY_SPANS = 32_768
 # processors.max_pending_spans_in_memory unset: on top of _in_memory_bound, room for the spans that wait out the settle
 # window at the rate they arrive and are settled, up to this many. Those are the pipeline's contents, not a backlog:
 # without the room, a one-core server at ~13 000 spans/s held ~20 000-30 000 of them against a bound of 32 768, a
-# short stall tipped it into spilling, and while it spills every arriving span is read back from the spool (~10 us a
-# span more), which held it behind (bench/README.md, 2026-12-04 15:15).
+# short stall tipped it into spilling, and while it spilled every arriving span was read back from the spool (~10 us
+# a span more), which held it behind (bench/README.md, 2026-12-04 15:15). During a spill this room is now that of the
+# spans still arriving, held while they fit (Settler.on_spans), and the base that of the backlog read back.
 MAX_WINDOW_SPANS = 65_536
 RATE_SMOOTHING_S = 2.0
 """How quickly the rates behind that room follow the load (exponential averages over about this long)."""
@@ -111,6 +112,7 @@ class _Pending:
     spans: dict[str, StagedSpan] = field(default_factory=dict)
     last_arrival: float = 0.0
     min_seq: int = 0
+    read_back: int = 0  # how many of ``spans`` were read back from the spool (Settler._backlog_spans)
 
 
 @dataclass
@@ -198,10 +200,16 @@ class Settler:
         self._published = 0
         self._settled = 0
         self._rates = (0.0, 0.0)  # arriving, settled: spans a second
+        # Of the bound, the room for spans arriving during a spill (see on_spans, _read_room): the spans that arrive in
+        # the settle window at the rate they arrive now, within the room the bound has above its base.
+        self._live_room = 0
         self._rate_at: tuple[float, int, int] | None = None
-        self._spilling = False
-        self._spilled_to = 0  # while spilling: the last sequence number left in the spool only
-        self._read_to = 0  # while spilling: the last sequence number read back from it
+        # Spilling: the ranges of sequence numbers [first, last] left in the spool only, oldest first (the first's
+        # ``first`` moves up as it is read back), and how many spans they hold. While there are any, _live_room of the
+        # bound is for spans arriving (on_spans), the rest for spans read back (_backlog_spans of them pending).
+        self._spilled: deque[list[int]] = deque()
+        self._spilled_spans = 0
+        self._backlog_spans = 0
         self._read_found = True  # whether the last read-back found spans (else the loop waits before the next)
         # While spilling: when each spilled batch arrived (its last sequence number, clock time), so that spans read
         # back wait out wait_duration_s from their arrival, not from their read-back (they may have waited longer).
@@ -222,21 +230,36 @@ class Settler:
         """Spans just committed to the spool, in sequence order (the spool publishes in commit order)."""
         if not spans:
             return
+        n = len(spans)
         with self._inbox_lock:
-            self._published += len(spans)
-            if not self._spilling and self._pending_spans + self._inbox_spans + len(spans) > self._spill_at:
-                # Bounded memory: from here on spans are left in the spool, read back in order (_read_back).
-                # Every span before these is in memory already.
-                self._spilling = True
-                self._read_to = spans[0].seq - 1
-            if self._spilling:
-                self._spilled_to = spans[-1].seq
-                self._spill_times.append((spans[-1].seq, self._clock()))
-                self.stats.spans_spilled += len(spans)
+            self._published += n
+            held = self._pending_spans + self._inbox_spans + n
+            if self._spilled:
+                # A backlog waits in the spool: these may still be held if they fit in the room kept for spans
+                # arriving (_live_room: they wait out their window there; the read-back takes the rest), so that
+                # only the backlog is read back (~10 us a span more; bench/README.md, 2026-12-04 18:10).
+                keep = held <= self._spill_at and held - self._backlog_spans <= self._live_room
             else:
+                keep = held <= self._spill_at
+            if keep:
                 self._inbox.append(spans)
-                self._inbox_spans += len(spans)
+                self._inbox_spans += n
+            else:
+                # Bounded memory: left in the spool, read back in order (_read_back).
+                first, last = spans[0].seq, spans[-1].seq
+                if self._spilled and self._spilled[-1][1] == first - 1:
+                    self._spilled[-1][1] = last
+                else:
+                    self._spilled.append([first, last])
+                self._spilled_spans += n
+                self._spill_times.append((last, self._clock()))
+                self.stats.spans_spilled += n
         self._check_pressure()
+
+    @property
+    def _spilling(self) -> bool:
+        """Whether spans are left in the spool only, to be read back."""
+        return bool(self._spilled)
 
     @property
     def in_memory_bound(self) -> int:
@@ -270,41 +293,52 @@ class Settler:
         cfg = self._cfg
         window_s = cfg.wait_duration_s + cfg.settle_max_delay_s + 2 * cfg.settle_interval_s
         self._spill_at = self._base_bound + min(MAX_WINDOW_SPANS, int(min(arriving, settling) * window_s))
+        self._live_room = min(self._spill_at - self._base_bound, int(arriving * window_s))
 
     @property
     def pending_spans(self) -> int:
-        """Spans committed and not settled yet: in memory, plus those left in the spool (sequence numbers are
-        consecutive)."""
-        spilled = self._spilled_to - self._read_to if self._spilling else 0
-        return self._pending_spans + self._inbox_spans + spilled
+        """Spans committed and not settled yet: in memory, plus those left in the spool."""
+        return self._pending_spans + self._inbox_spans + self._spilled_spans
 
     def _read_back(self) -> None:
-        """While spilling: read the spans left in the spool, in order, as far as memory allows; stop spilling once
-        all were read (under the inbox lock, so no span published meanwhile falls between the two paths)."""
+        """While spilling: read the spans left in the spool, oldest range first, as far as memory allows (under the
+        inbox lock only to take and give back a range, so that no span published meanwhile falls between the two
+        paths)."""
         room = self._read_room()
         if room == 0:
             return
-        with self._inbox_lock:
-            upto = self._spilled_to
-        spans = [s for s in self._source.read_after(self._read_to, room) if s.seq <= upto]
-        self._read_found = bool(spans)
-        if spans:
+        found = False
+        while room > 0:
             with self._inbox_lock:
+                if not self._spilled:
+                    break
+                first, last = self._spilled[0]
                 times = list(self._spill_times)
+            # A range's numbers are consecutive, and every one was committed before it was published.
+            spans = self._source.read_after(first - 1, min(room, last - first + 1))
+            if not spans:
+                break
+            found = True
             start = 0
-            for last, arrived in times:  # each batch as of its arrival
-                end = bisect.bisect_right(spans, last, lo=start, key=_seq)
+            for batch_last, arrived in times:  # each batch as of its arrival
+                end = bisect.bisect_right(spans, batch_last, lo=start, key=_seq)
                 if end > start:
-                    self._admit(spans[start:end], arrived)
+                    self._admit(spans[start:end], arrived, read_back=True)
                 start = end
             if start < len(spans):
-                self._admit(spans[start:], self._clock())
-            self._read_to = spans[-1].seq
-        with self._inbox_lock:
-            while self._spill_times and self._spill_times[0][0] <= self._read_to:
-                self._spill_times.popleft()
-            if self._read_to >= self._spilled_to:
-                self._spilling = False
+                self._admit(spans[start:], self._clock(), read_back=True)
+            upto = spans[-1].seq
+            room -= len(spans)
+            with self._inbox_lock:
+                head = self._spilled[0]
+                self._spilled_spans -= upto - head[0] + 1
+                if upto >= head[1]:
+                    self._spilled.popleft()
+                else:
+                    head[0] = upto + 1
+                while self._spill_times and self._spill_times[0][0] <= upto:
+                    self._spill_times.popleft()
+        self._read_found = found
 
     @property
     def pending_traces(self) -> int:
@@ -393,11 +427,14 @@ class Settler:
         return self._spilling and self._read_found and self._read_room() > 0
 
     def _read_room(self) -> int:
-        """How many spans the next read-back may take: 0 until half the memory bound is free (read in large chunks:
-        a trace whose spans straddle two chunks is settled early and again at the next). Half is enough: with one
-        ``max_batch_spans`` batch per worker in flight, a bound of 2 x that per worker frees exactly half."""
-        room = self._spill_at - self._pending_spans
-        return room if room >= self._spill_at // 2 else 0
+        """How many spans the next read-back may take: the bound less the room kept for spans arriving meanwhile
+        (``_live_room``: none once nothing arrives, as in a burst's tail) less the spans read back and still pending,
+        within the bound; 0 until half of that share is free (read in large chunks: a trace whose spans straddle two
+        chunks is settled early and again at the next) unless what is left in the spool fits. Half is enough: with one
+        ``max_batch_spans`` batch per worker in flight, a base of 2 x that per worker frees exactly half."""
+        share = self._spill_at - self._live_room
+        room = min(share - self._backlog_spans, self._spill_at - self._pending_spans)
+        return room if room >= min(share // 2, self._spilled_spans) and room > 0 else 0
 
     def _idle(self, timeout: float) -> None:
         """Until the next tick: ``timeout``, or less when a batch in flight has its results back (its worker would
@@ -657,7 +694,7 @@ class Settler:
             log.exception("ledger write failed")
         self._unwritten.clear()
 
-    def _admit(self, spans: Iterable[StagedSpan], now: float) -> None:
+    def _admit(self, spans: Iterable[StagedSpan], now: float, *, read_back: bool = False) -> None:
         for s in spans:
             self.stats.spans_in += 1
             if s.seq > self._max_seen_seq:
@@ -668,6 +705,9 @@ class Settler:
             if s.span_id not in p.spans:
                 p.spans[s.span_id] = s
                 self._pending_spans += 1
+                if read_back:
+                    p.read_back += 1
+                    self._backlog_spans += 1
             elif s.seq < p.spans[s.span_id].seq:
                 p.spans[s.span_id] = s
             if now > p.last_arrival:  # spans read back are admitted as of their arrival, which may be earlier
@@ -761,7 +801,8 @@ class Settler:
     def _watermark(self, job: _Job) -> int:
         """The spool sequence number up to which every span is settled once ``job`` and the writes queued before it
         have committed: below every pending span none of them settles (later batches, and spans that arrived for
-        their traces after they were prepared: the batch was in a worker or being written)."""
+        their traces after they were prepared: the batch was in a worker or being written), and below the spans
+        still left in the spool."""
         done = {tid: j.spans_by_trace[tid] for j, _ in self._writing for tid in j.trace_ids}
         done.update((tid, job.spans_by_trace[tid]) for tid in job.trace_ids)
         low: list[int] = []
@@ -771,7 +812,11 @@ class Settler:
                 low.append(p.min_seq)
             elif not p.spans.keys() <= settles.keys():  # usually all are: the key views compare in C
                 low.extend(s.seq for sid, s in p.spans.items() if sid not in settles)
-        return min(low, default=self._max_seen_seq + 1) - 1
+        mark = min(low, default=self._max_seen_seq + 1) - 1
+        with self._inbox_lock:
+            if self._spilled:  # spans arriving during a spill are held (on_spans): none settles the backlog's
+                mark = min(mark, self._spilled[0][0] - 1)
+        return mark
 
     def _reap(self, limit: int) -> int:
         """Finish the queued writes that are done, oldest first, waiting for the oldest while more than ``limit``
@@ -813,11 +858,15 @@ class Settler:
             if p.spans.keys() <= done.keys():
                 settled = len(p.spans)
                 del self._pending[tid]
+                self._backlog_spans -= p.read_back
             else:
                 rest = {sid: s for sid, s in p.spans.items() if sid not in done}
                 settled = len(p.spans) - len(rest)
                 p.spans = rest
                 p.min_seq = min(s.seq for s in rest.values())
+                if p.read_back > len(rest):  # which ones were read back is not kept: at most all that are left
+                    self._backlog_spans -= p.read_back - len(rest)
+                    p.read_back = len(rest)
             self._pending_spans -= settled
             self._settled += settled
         self.stats.last_write_s = write_s

@@ -56,15 +56,19 @@ class ProcessorsConfig(_Strict):
     written (2 x ``max_batch_spans``) if that is more (98 304 with two workers), plus room for the spans that wait out
     the settle window at the rate spans arrive, or are settled if that is lower (each averaged over ~2 s: rate x
     (``wait_duration_s`` + ``settle_max_delay_s`` + 2 x ``settle_interval_s``), at most 65 536 more): those are the
-    pipeline's contents, not a backlog (in a burst, spans arriving faster than they settle are one). Without that
-    room a one-core server at ~13 000 spans/s held 20 000-30 000 of them against 32 768, so a short stall made it
-    spill, and every span arriving while it spills is read back from the spool, which cost it more than its headroom
-    (bench/README.md, 2026-12-04 16:30). Spans stay pending until their batch is written, so with less than the base the
-    read-back waits for each write and the workers idle meanwhile (2 cores, 4 interleaved bursts: 23 300 spans/s
-    at 32 768 against 28 800 at 100 000; bench/README.md, 2026-12-04 12:40). The process keeps the memory of its largest
-    backlog for good (Python's allocator returns an arena only once it is empty), so the bound is also the step RSS can
-    take after a stall: after 20 s stopped at 7 000 spans/s, +75 MiB at 32 768 against +180 at 100 000, at the same
-    one-core burst rate (bench/README.md, 2026-12-04 03:00). A set value is used as it is."""
+    pipeline's contents, not a backlog (in a burst, spans arriving faster than they settle are one). Without that room a
+    one-core server at ~13 000 spans/s held 20 000-30 000 of them against 32 768, so a short stall made it spill, and
+    every span arriving while it spilled was read back from the spool, which cost it more than its headroom
+    (bench/README.md, 2026-12-04 16:30). So, unset, a spill reads back only the backlog: while spans wait in the spool,
+    part of the window's room is kept for spans still arriving (as many as arrive in the window at the current rate),
+    which are held if they fit, and the rest of the bound is for the backlog read back (a set value is all the
+    read-back's, and spans arriving during a spill are left in the spool too). Spans stay pending until their batch is
+    written, so with less than the base the read-back waits for each write and the workers idle meanwhile (2 cores, 4
+    interleaved bursts: 23 300 spans/s at 32 768 against 28 800 at 100 000; bench/README.md, 2026-12-04 12:40). The
+    process keeps the memory of its largest backlog for good (Python's allocator returns an arena only once it is
+    empty), so the bound is also the step RSS can take after a stall: after 20 s stopped at 7 000 spans/s, +75 MiB at
+    32 768 against +180 at 100 000, at the same one-core burst rate (bench/README.md, 2026-12-04 03:00). A set value is
+    used as it is."""
     settle_interval_s: float = Field(default=0.2, gt=0)
     settle_batch_spans: int = Field(default=4_096, ge=1)
     """While spans keep arriving, a tick settles the due traces only once they hold this many spans, or once the

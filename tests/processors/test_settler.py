@@ -578,3 +578,59 @@ def test_the_default_memory_bound_makes_room_for_the_settle_window_at_the_arriva
         now[0] += 0.5
     assert s.pending_spans == 0 and s.stats.spans_spilled == 0 and s.in_memory_bound == base
     assert fixed.pending_spans == 0 and fixed.in_memory_bound == base
+
+
+def test_spans_arriving_during_a_spill_wait_in_memory_and_only_the_backlog_is_read_back(tmp_path: Path) -> None:
+    """processors.max_pending_spans_in_memory unset: while a backlog waits in the spool, spans that keep arriving are
+    held in the room the bound keeps for them (reading them back would cost each ~10 us more), and the read-back takes
+    the rest. The backlog is read back once, in order, as memory allows; the ledger's watermark never passes a span
+    still in the spool; everything is settled in the end. A configured bound has no window's room: there, spans
+    arriving during a spill are left in the spool too."""
+    now = [100.0]
+    cfg = ProcessorsConfig(wait_duration_s=2, settle_max_delay_s=0, settle_batch_spans=1, settle_interval_s=0.5,
+                           settle_workers=0)
+    base = _settler.MIN_IN_MEMORY_SPANS
+    runs = []
+    for name, c in (("default", cfg), ("fixed", cfg.model_copy(update={"max_pending_spans_in_memory": base + 3_000}))):
+        src = ListSource()
+        reads: list[int] = []
+        read_after = src.read_after
+
+        def counted(seq: int, limit: int = 100_000, read_after: Any = read_after, reads: list[int] = reads) -> Any:
+            got = read_after(seq, limit)
+            reads.extend(s.seq for s in got)
+            return got
+
+        src.read_after = counted  # type: ignore[method-assign]
+        ledger = Ledger(duckdb.connect(str(tmp_path / f"{name}.duckdb")))
+        runs.append((Settler(c, src, ledger, Pricer(PricingConfig()), clock=lambda: now[0]), src, ledger, reads))
+    seq = 0
+
+    def batch(tid: str, n: int) -> list[StagedSpan]:
+        nonlocal seq
+        seq += n
+        return [span(tid, f"{i:016x}", seq=seq - n + i + 1) for i in range(n)]
+
+    def tick(spans: list[StagedSpan]) -> None:
+        for s, src, ledger, _ in runs:
+            feed(s, src, spans)
+            s.run_once()
+            if s._spilled:  # the oldest span still in the spool is above the watermark
+                assert ledger.watermark() < s._spilled[0][0]
+        now[0] += 0.5
+
+    for t in range(40):  # 500 spans every 0.5 s for 20 s, each tick's a trace
+        tick(batch(f"a{t:03d}", 500))
+    stall = batch("stall", base + 2_000)  # more than the bound has room for: left in the spool
+    for t in range(40):  # the load goes on while the backlog is read back and settled
+        tick(stall if t == 0 else batch(f"b{t:03d}", 500))
+    (default, _, default_ledger, default_reads), (fixed, _, _, fixed_reads) = runs
+    assert default.stats.spans_spilled == len(stall)
+    assert sorted(default_reads) == [s.seq for s in stall]  # each backlog span read back once, nothing else
+    assert fixed.stats.spans_spilled > len(stall) and len(fixed_reads) == fixed.stats.spans_spilled
+    for _ in range(20):
+        tick([])
+    for s, _, ledger, _ in runs:
+        assert s.pending_spans == 0 and not s._spilled and s._backlog_spans == 0
+        assert ledger.watermark() == seq
+        assert ledger._con.execute("SELECT sum(span_count) FROM traces").fetchall()[0][0] == seq
