@@ -33,7 +33,7 @@ from pathlib import Path
 from statistics import linear_regression, median
 
 from _ceiling import machine_ceiling
-from _load import ClientResult, LoadClient, Workload, machine, percentile, rss_mib
+from _load import ClientResult, LoadClient, Workload, cpu_s, machine, percentile, rss_mib
 from _phoenix import start_phoenix
 from baseline import run_baseline
 
@@ -53,6 +53,7 @@ class Server:
     rss: list[tuple[float, float]] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)
     duckdb_mib: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     filters_mib: list[float] = field(default_factory=list)
     reattaches: list[int] = field(default_factory=list)
 
@@ -76,6 +77,7 @@ class Server:
         """RSS, and where the memory goes by the server's own gauges: spans waiting to settle, DuckDB's buffer
         cache, the ledger's filters of recent keys."""
         self.rss.append((t, rss_mib(self.proc.pid)))
+        self.cpu.append(cpu_s(self.proc.pid))
         g = self.gauges()
         self.pending.append(int(g.get("spans_pending", -1)))
         self.duckdb_mib.append(g.get("duckdb_memory_bytes", -1) / 2**20)
@@ -361,12 +363,18 @@ def main(argv: list[str] | None = None) -> int:
                     series = " ".join(f"{t:.0f}s:{v:.0f}" for t, v in samples)
                     # A settler that falls behind holds more spans: the backlog explains RSS that follows it.
                     backlog = " ".join(f"{n:,}" for n in srv.pending)
+                    # Whether a server that fell behind had its core to itself: its CPU share between samples (a
+                    # slower host shows as a full core at the same load).
+                    points = [(t, c) for (t, _), c in zip(samples, srv.cpu, strict=True)]
+                    busy = " ".join(f"{(c1 - c0) / (t1 - t0) * 100:.0f}%"
+                                    for (t0, c0), (t1, c1) in zip(points, points[1:], strict=False) if t1 > t0)
                     trend = _trend(window)
                     print(f"RSS over {args.duration_s:.0f} s at 80% load after {warmup:.0f} s of warm-up ({r.spans} "
                           f"spans, {r.spans / r.client.elapsed_s:,.0f} spans/s): {series} MiB; after warm-up "
                           f"min {min(warm):.0f} max {max(warm):.0f} MiB "
                           f"(spread {(max(warm) - min(warm)) / min(warm) * 100:.1f}%; {trend}); spans waiting to "
-                          f"settle at each sample: {backlog}; DuckDB's cache: "
+                          f"settle at each sample: {backlog}; the server's CPU between samples: {busy}; "
+                          "DuckDB's cache: "
                           + " ".join(f"{v:.0f}" for v in srv.duckdb_mib)
                           + " MiB; the ledger's key filters: " + " ".join(f"{v:.0f}" for v in srv.filters_mib)
                           + " MiB", flush=True)

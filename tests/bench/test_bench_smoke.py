@@ -53,7 +53,8 @@ def test_ingest_smoke() -> None:
     assert re.search(r"spans/s by spans per trace \(1 core, \d+ spans a run, median of 2\): 1: [\d,]+, 10: [\d,]+, "
                      r"100: [\d,]+, 1000: [\d,]+ \(runs 1: [\d,]+ / [\d,]+; 10: ", out)
     assert re.search(r"RSS over 2 s at 80% load after 1 s of warm-up .* MiB.*spans waiting to settle at each "
-                     r"sample: [\d,]+.*; DuckDB's cache: [\d ]+ MiB; the ledger's key filters: 64( 64)* MiB", out)
+                     r"sample: [\d,]+.*; the server's CPU between samples: \d+%.*; DuckDB's cache: [\d ]+ MiB; "
+                     r"the ledger's key filters: 64( 64)* MiB", out)
     assert re.search(r"trend [+-]\d+\.\d MiB/min, median of the first third \d+, of the last third \d+ MiB|"
                      r"trend: too few samples", out)
     assert "re-attaches of the ledger file: none during the run" in out  # 5 M calls by default
