@@ -96,14 +96,15 @@ def _ns(t: dt.datetime | dt.timedelta) -> int:
     return (t - _EPOCH if isinstance(t, dt.datetime) else t) // dt.timedelta(microseconds=1) * 1000
 
 
-def _window(calls: pa.Table) -> tuple[list[dt.datetime], int]:
-    """The start_time bounds within which earlier reports of ``calls`` are looked for, and the newest start (ns)."""
+def _window(calls: pa.Table) -> tuple[list[dt.datetime], int, int]:
+    """The start_time bounds within which earlier reports of ``calls`` are looked for, and the oldest and newest
+    start (ns)."""
     if calls.num_rows == 0:
-        return [_EPOCH, _EPOCH], 0
+        return [_EPOCH, _EPOCH], 0, 0
     span = pc.min_max(calls.column("start_time").cast(pa.int64()))  # ns since the epoch (as_py refuses ns)
     lo_ns, hi_ns = span["min"].as_py(), span["max"].as_py()
     lo, hi = (_EPOCH + dt.timedelta(microseconds=ns // 1000) for ns in (lo_ns, hi_ns))
-    return [lo - DEDUP_WINDOW, hi + DEDUP_WINDOW], hi_ns
+    return [lo - DEDUP_WINDOW, hi + DEDUP_WINDOW], lo_ns, hi_ns
 
 
 def _ranked(calls: pa.Table) -> pa.Table:
@@ -148,6 +149,9 @@ class Ledger:
         # ledger once, on first use, then kept by ``write`` (None until then: unused ones cost nothing).
         self._by_model: SpendTotals | None = None
         self._by_day: SpendTotals | None = None
+        # Fresh settlements whose earlier reports were looked up in the ledger, not the filter (the slow path).
+        self.exact_lookups = 0
+        self._window_warned = False
         self._by_day_from = dt.date.max  # the first day whose totals are complete in _by_day
         self._day_lock = threading.Lock()  # daily_spend: one caller at a time (it drops the days before its own)
         self._con.execute(CALLS_DDL)
@@ -199,7 +203,8 @@ class Ledger:
         per = f.generation_keys
         for end in range(known.num_rows, 0, -per):  # oldest first, a generation at a time
             chunk = known.slice(max(0, end - per), end - max(0, end - per))
-            f.add(chunk.column(0).to_pylist(), int(chunk.column(1)[0].as_py()))
+            times = chunk.column(1)  # newest first
+            f.add(chunk.column(0).to_pylist(), int(times[0].as_py()), int(times[len(times) - 1].as_py()))
         return f
 
     def _seen_keys(self) -> TimedFilter:
@@ -254,6 +259,36 @@ class Ledger:
                 return {(tenant, k[1]): t[0] for k, t in self._by_day.get((tenant, d) for d in days).items()}
             snap = self._by_day.snapshot()
         return {(k[0], k[1]): t[0] for k, t in snap if k[0] is not None and k[1] >= since}
+
+    def _replaced_since(self, replaced: frozenset[str] | None) -> dt.datetime | None:
+        """A time at or before which the earlier rows of the traces ``replaced`` were settled (settled_at), or None
+        (not known: statements on them scan the whole ledger). From the filter of settled traces, which keeps each
+        one's settled_at; checked against the ledger (a pruned scan of `traces`): a trace the filter wrongly holds
+        in a newer generation than its own (a false positive) would otherwise leave its rows behind."""
+        if not replaced:
+            return None
+        ids = sorted(replaced)
+        with self._filters_lock:
+            since_ns = self._traces.added_since_ns(ids)
+        if since_ns is None:
+            return None
+        since = _EPOCH + dt.timedelta(microseconds=since_ns // 1000)
+        with registered(self._con, _replaced=pa.table({"trace_id": pa.array(ids, pa.string())})):
+            rows = self._con.execute("SELECT count(*) FROM traces WHERE trace_id IN (SELECT trace_id FROM _replaced) "
+                                     "AND settled_at >= ?", [since]).fetchall()
+        return since if rows and rows[0][0] == len(ids) else None
+
+    @property
+    def dedup_window_s(self) -> float:
+        """How far before the newest call (by start time) the filter of dedup keys finds earlier reports of a call,
+        at most DEDUP_WINDOW: the whole window until traffic outgrows what the filter holds in one (ledger/_seen.py),
+        then what it holds. Two reports of a call that started further apart than this are both billed."""
+        full = DEDUP_WINDOW.total_seconds()
+        with self._filters_lock:
+            f = self._seen
+            if not f.count:
+                return full
+            return min(full, max(0.0, (f.newest_ns - f.covers_from_ns) / 1e9))
 
     def memory(self) -> dict[str, int]:
         """Bytes held in this process for the ledger: DuckDB's buffer cache (``duckdb_memory()``, capped by
@@ -332,7 +367,7 @@ class Ledger:
         if len(key_list) < len(calls) - calls.column("dedup_key").null_count:
             calls = _ranked(calls)  # reports of one call within this settlement; against earlier ones, below
         touched = ""
-        bounds, newest_ns = _window(calls)
+        bounds, oldest_ns, newest_ns = _window(calls)
         fresh = settlement.replaced is not None and not settlement.replaced
         con = self._con
         # Each statement costs ~1 ms of DuckDB overhead whatever its size, and a settle tick is one transaction of a
@@ -354,25 +389,62 @@ class Ledger:
                     # the whole ledger, so skipping them matters as it grows); the dedup keys it touches are
                     # its own.
                     window = DEDUP_WINDOW_SQL
-                    # Earlier reports can only carry keys the filter has seen (if it covers the window).
+                    # Earlier reports that started from the filter's covers_from_ns on carry keys it has seen. A
+                    # settlement whose calls all started there asks the filter; an older one is looked up in the
+                    # ledger over the whole window. Asking that the filter cover the whole window back from the
+                    # oldest call (as before 2026-12-04) sent every settlement to the ledger once traffic outgrew
+                    # what the filter holds in a DEDUP_WINDOW: each settle then scanned an hour of calls, and one
+                    # core fell from ~55 to ~120 us a span after 11 minutes at 12 600 calls/s (bench/README.md).
+                    # Instead, the window the filter answers for shrinks to what it holds (dedup_window_s).
                     with self._filters_lock:
-                        covered = _ns(bounds[0]) >= self._seen.covers_from_ns
+                        covered = oldest_ns >= self._seen.covers_from_ns
                         maybe = self._seen.maybe(key_list) if covered else key_list
+                    if not covered:
+                        self.exact_lookups += 1
                     touched = "_maybe" if maybe else ""
                     if maybe:
                         candidates = pa.table({"dedup_key": pa.array(maybe, pa.string())})
                         scope.enter_context(registered(con, _maybe=candidates))
                 else:
-                    con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT dedup_key FROM _keys UNION "
-                                "SELECT dedup_key FROM calls WHERE dedup_key IS NOT NULL AND trace_id IN "
-                                "(SELECT trace_id FROM _traces)")
-                    touched = "_touched"
-                    window, bounds = "", []  # rare (a re-settle): exact over the whole table
-                    replaced = "NOT is_duplicate AND trace_id IN (SELECT trace_id FROM _traces)"
+                    # A re-settle: the traces' earlier rows are replaced. Every statement on them is bounded by
+                    # when they were settled (settled_at; rows are appended in that order, so DuckDB's per-row-group
+                    # min/max skips the rest): unbounded, each scanned the whole ledger, and under a spill's read-back
+                    # (a trace split between spans held and spans spilled settles twice) one core's ledger writes
+                    # went from ~15 to ~50 us a span after 10 M calls (bench/README.md, 2026-12-04).
+                    since = self._replaced_since(settlement.replaced)
+                    bound, args = (" AND settled_at >= ?", [since]) if since is not None else ("", [])
+                    mine = "trace_id IN (SELECT trace_id FROM _traces)" + bound
+                    con.execute("CREATE OR REPLACE TEMP TABLE _old AS SELECT dedup_key, start_time FROM calls "
+                                f"WHERE dedup_key IS NOT NULL AND {mine}", args)
+                    # The window covers the earlier rows' reports too (a call may no longer be reported alike).
+                    old = con.execute("SELECT min(start_time), max(start_time) FROM _old").fetchall()
+                    if old and old[0][0] is not None:
+                        bounds = [min(bounds[0], old[0][0] - DEDUP_WINDOW), max(bounds[1], old[0][1] + DEDUP_WINDOW)]
+                    window = DEDUP_WINDOW_SQL
+                    # Whose flags may change: keys reported more than once (one of their rows is a duplicate: the
+                    # flag's zone maps skip the row groups without one), and this settlement's new keys that may
+                    # have been reported elsewhere (the filter, as for a fresh settlement). `= true`, not the bare
+                    # column: DuckDB 1.5 prunes row groups by the comparison only (23 against 209 ms at 9 M rows).
+                    dup = con.execute("SELECT DISTINCT dedup_key FROM calls WHERE is_duplicate = true AND dedup_key IN "
+                                      "(SELECT dedup_key FROM _keys UNION SELECT dedup_key FROM _old)"
+                                      + DEDUP_WINDOW_SQL, bounds).fetchall()
+                    before = {r[0] for r in con.execute("SELECT DISTINCT dedup_key FROM _old").fetchall()}
+                    new_keys = [k for k in key_list if k not in before]
+                    with self._filters_lock:
+                        covered = oldest_ns >= self._seen.covers_from_ns
+                        maybe = self._seen.maybe(new_keys) if covered else new_keys
+                    if not covered:
+                        self.exact_lookups += 1
+                    maybe = sorted({*maybe, *(r[0] for r in dup)})
+                    touched = "_maybe" if maybe else ""
+                    if maybe:
+                        candidates = pa.table({"dedup_key": pa.array(maybe, pa.string())})
+                        scope.enter_context(registered(con, _maybe=candidates))
+                    replaced = "NOT is_duplicate AND " + mine
                     for t in active:  # the rows replaced are no longer billed
-                        deltas.append((t, -1, con.execute(grouped_sql(t.grouping, "calls", replaced)).fetchall()))
-                    con.execute("DELETE FROM calls WHERE trace_id IN (SELECT trace_id FROM _traces)")
-                    con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                        deltas.append((t, -1, con.execute(grouped_sql(t.grouping, "calls", replaced), args).fetchall()))
+                    con.execute("DELETE FROM calls WHERE " + mine, args)
+                    con.execute("DELETE FROM traces WHERE " + mine, args)
                     con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
                 con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
                 con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
@@ -422,6 +494,14 @@ class Ledger:
             for t in active:
                 t.add_calls(calls)
         self._written_since_attach += calls.num_rows
+        window_s = self.dedup_window_s
+        if window_s < DEDUP_WINDOW.total_seconds() and not self._window_warned:
+            self._window_warned = True
+            log.warning("the filter of recent dedup keys holds only the last %.0f s of calls at this traffic: two "
+                        "reports of one call (same gen_ai.response.id) that started further apart are both billed; "
+                        "ledger.key_filter_mib (4 bytes a key) sets how many it holds", window_s)
+        elif window_s >= DEDUP_WINDOW.total_seconds():
+            self._window_warned = False
         if (self._file is not None and 0 < self._reattach_after <= self._written_since_attach
                 and time.monotonic() >= self._reattach_not_before):
             self._reattach()

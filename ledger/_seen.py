@@ -131,6 +131,11 @@ class TimedFilter:
         self._newest_ns = covers_from_ns
 
     @property
+    def newest_ns(self) -> int:
+        """The time of the newest key added (``covers_from_ns`` while none was)."""
+        return self._newest_ns
+
+    @property
     def generation_keys(self) -> int:
         """Keys one generation holds."""
         return self._ring[0].keys.capacity
@@ -155,23 +160,27 @@ class TimedFilter:
         """Memory held by the generations' bits: fixed at start (``capacity`` keys, 4 bytes a key)."""
         return sum(g.keys.nbytes for g in self._ring)
 
-    def add(self, keys: Sequence[str], newest_ns: int) -> None:
-        """Add ``keys``, the newest of which has time ``newest_ns``."""
-        self._add_to_current(keys, newest_ns)
+    def add(self, keys: Sequence[str], newest_ns: int, oldest_ns: int | None = None) -> None:
+        """Add ``keys``, the newest of which has time ``newest_ns`` and the oldest ``oldest_ns`` (the same if
+        None)."""
+        self._add_to_current(keys, newest_ns, newest_ns if oldest_ns is None else oldest_ns)
         horizon = self._newest_ns - self._keep_ns
         for g in self._ring:
             if g.keys.count and g.newest_ns < horizon and g is not self._ring[self._current]:
                 self._empty(g)
 
-    def _add_to_current(self, keys: Sequence[str], newest_ns: int) -> None:
+    def _add_to_current(self, keys: Sequence[str], newest_ns: int, oldest_ns: int) -> None:
         current = self._ring[self._current]
         if current.keys.count and current.keys.count + len(keys) > current.keys.capacity:
             self._current = (self._current + 1) % len(self._ring)
             current = self._ring[self._current]
             if current.keys.count:
                 self._empty(current)
+        if keys and not current.keys.count:
+            current.oldest_ns = oldest_ns
         current.keys.add(keys)
         current.newest_ns = max(current.newest_ns, newest_ns)
+        current.oldest_ns = min(current.oldest_ns, oldest_ns)
         self._newest_ns = max(self._newest_ns, newest_ns)
 
     def _empty(self, g: _Generation) -> None:
@@ -192,9 +201,28 @@ class TimedFilter:
             hit |= g.keys.hits(h)
         return [keys[i] for i in np.flatnonzero(hit).tolist()]
 
+    def added_since_ns(self, keys: Sequence[str]) -> int | None:
+        """A time at or before the time each of ``keys`` was last added with, if each may have been: the oldest
+        time of the generations that may hold it (a false positive in a newer generation cannot raise the bound
+        above that of the generation really holding the key). None if some key is in no generation, or none were
+        given: what it was added with is not known."""
+        live = [g for g in self._ring if g.keys.count]
+        if not keys or not live:
+            return None
+        h = hashes(keys)
+        unknown = np.iinfo(np.int64).max
+        since = np.full(len(keys), unknown, np.int64)
+        for g in live:
+            hit = g.keys.hits(h)
+            since[hit] = np.minimum(since[hit], g.oldest_ns)
+        if (since == unknown).any():
+            return None
+        return int(since.min())
+
 
 class _Generation:
-    __slots__ = ("keys", "newest_ns")
+    __slots__ = ("keys", "newest_ns", "oldest_ns")
 
     def __init__(self, keys: KeyFilter, newest_ns: int) -> None:
         self.keys, self.newest_ns = keys, newest_ns
+        self.oldest_ns = newest_ns  # of the keys it holds (set by the first add after it was emptied)

@@ -624,6 +624,8 @@ def _health(service: Service) -> dict[str, float]:
         "counter:spool_write_errors": service.spool.stats.write_errors,
         "gauge:duckdb_memory_bytes": memory["duckdb_cache"],
         "gauge:ledger_filter_bytes": memory["filters"],
+        "gauge:dedup_window_seconds": service.ledger.dedup_window_s,
+        "counter:dedup_exact_lookups": service.ledger.exact_lookups,
         "counter:ledger_reattaches": service.file.reattaches,
         **({
             "counter:lake_traces_published": service.lake.stats.traces_published,

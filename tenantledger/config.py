@@ -67,9 +67,11 @@ class LedgerConfig(_Strict):
     fresh settlement looks for earlier reports of its calls in the ledger only when the filter may hold one) and
     the trace ids settled in the last day (a late span's trace is looked up only then). 4 bytes a key, in four
     generations of which the oldest is emptied when the newest is full: 32 MiB holds 6.3-8.4 M keys, 10-14 minutes
-    of calls at 10 000 a second, and the whole 2-hour dedup window below ~870 a second; beyond what it holds,
-    older settlements are looked up in the ledger instead (correct, slower). Fixed, so that the server's memory
-    does not rise as they fill (bench/README.md, 2026-12-01 18:30)."""
+    of calls at 10 000 a second, and a whole hour (the dedup window) below ~1 750 a second. Under more traffic than
+    that, two reports of one call are matched when they started within what it holds (/metrics:
+    tenantledger_dedup_window_seconds; a warning is logged once), and a settlement of calls older than that is
+    looked up in the ledger instead (correct, slower). Fixed, so that the server's memory does not rise as they
+    fill (bench/README.md, 2026-12-01 18:30)."""
     reattach_after_calls: int = Field(default=0, ge=0)
     """In `serve`, detach the ledger file and attach it again after this many calls were written to it (0: never,
     the default). While a DuckDB file is attached, DuckDB keeps the metadata of each row group written (column

@@ -227,6 +227,10 @@ def test_bad_spans_rejected_alone_good_spans_kept(server_factory: Any) -> None:
     memory = dict(re.findall(r"^tenantledger_(duckdb_memory_bytes|ledger_filter_bytes) (\S+)$", metrics, re.M))
     assert 0 < float(memory["duckdb_memory_bytes"]) <= 256 * 2**20
     assert float(memory["ledger_filter_bytes"]) == 2 * 32 * 2**20
+    # Two reports of one call are matched within the whole hour (the filter holds far more than this traffic), and
+    # no settlement had to look its calls' earlier reports up in the ledger.
+    dedup = dict(re.findall(r"^tenantledger_(dedup_\w+) (\S+)$", metrics, re.M))
+    assert float(dedup["dedup_window_seconds"]) == 3600 and float(dedup["dedup_exact_lookups_total"]) == 0
     assert srv.stop() == 0
     assert srv.query("SELECT count(*) FROM llm_calls") == [(2,)]
 

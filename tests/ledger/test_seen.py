@@ -73,3 +73,19 @@ def test_a_generation_older_than_keep_is_emptied_and_the_filter_covers_from_afte
     assert f.generations == 1 and f.covers_from_ns == HOUR + 1  # keys from 1 h on are no longer answered for
     assert f.maybe(["mid0", "new", "newer"]) == ["mid0", "new", "newer"]
     assert len(f.maybe(old)) <= 1  # gone (but for a false positive)
+
+
+def test_added_since_bounds_each_keys_time_from_below_or_says_it_does_not_know() -> None:
+    """What a re-settle bounds its statements by (settled_at): at or before the time each key was added with, never
+    after it; None for a key no generation holds (emptied, or never added)."""
+    f = timed()
+    f.add([f"a{i}" for i in range(1000)], 10, 5)  # generation 1: times 5-10
+    f.add([f"b{i}" for i in range(1000)], 20)  # generation 2: time 20
+    assert f.added_since_ns(["b1", "b2"]) == 20
+    assert f.added_since_ns(["b1", "a7"]) == 5
+    assert f.added_since_ns(["b1", "never"]) is None
+    assert f.added_since_ns([]) is None
+    f.add([f"c{i}" for i in range(1000)], 30)
+    f.add([f"d{i}" for i in range(1000)], 40)
+    f.add([f"e{i}" for i in range(1000)], 50)  # the fifth generation's keys empty the first
+    assert f.added_since_ns(["a7"]) is None and f.added_since_ns(["e1", "c3"]) == 30

@@ -128,6 +128,29 @@ def test_late_span_corrects_instead_of_charging_twice(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0][3:5] == ("acme", "ancestor")
 
 
+@pytest.mark.parametrize("bound", ["from the filter", "a false positive's, too late"])
+def test_a_re_settle_replaces_exactly_the_earlier_rows_whatever_bound_the_filter_gives(
+    tmp_path: Path, monkeypatch: Any, bound: str
+) -> None:
+    """A re-settle looks for its traces' earlier rows only among those settled since the filter of settled traces
+    says they were (so it does not scan the whole ledger); a bound that would miss some (a false positive in a newer
+    generation) is caught against the ledger and not used."""
+    from ledger._seen import TimedFilter
+
+    if bound != "from the filter":
+        monkeypatch.setattr(TimedFilter, "added_since_ns", lambda self, keys: 2**62)
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    feed(s, src, [span("e", "2", "1", kind=3, attrs=chat(100, 20, response_id="r1"), seq=1),
+                  span("x", "1", kind=3, attrs=chat(10, 1, response_id="r2", **{"tenant.id": "beta"}), seq=2)])
+    s.flush()
+    feed(s, src, [span("e", "1", kind=2, attrs={"tenant.id": "acme"}, seq=3)])
+    s.flush()
+    assert [r[3:5] for r in calls(con)] == [("acme", "ancestor"), ("beta", "span")]
+    assert con.execute("SELECT count(*) FROM calls").fetchall() == [(2,)]
+    assert con.execute("SELECT count(*) FROM traces").fetchall() == [(2,)]
+
+
 @pytest.mark.parametrize("hot", [True, False])
 def test_a_late_span_re_settles_a_cached_trace_from_memory_or_from_its_spool_range(
     tmp_path: Path, monkeypatch: Any, hot: bool
@@ -305,6 +328,51 @@ def test_a_full_filter_generation_passes_to_the_next_and_earlier_reports_are_sti
     assert [(t[:5], d) for t, d in rows] == [("m0005", True), ("z0000", False)]
     # A second generation took the new key; the filter still covers every call (no fallback to a full scan).
     assert ledger._seen.generations == 2 and ledger._seen.count == 1101 and ledger._seen.covers_from_ns < 0
+
+
+def test_traffic_beyond_what_the_filter_holds_in_an_hour_shrinks_its_window_instead_of_scanning_the_ledger(
+    tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once more calls arrive in DEDUP_WINDOW than the filter of dedup keys holds, a fresh settlement still asks the
+    filter (its calls started within what it covers) instead of looking every key up in an hour of the ledger;
+    the window it answers for is what it holds, reported (tenantledger_dedup_window_seconds) and logged once. A
+    report of a call older than that is still looked up in the ledger."""
+    import ledger._ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "FILTER_KEYS", 4096)  # four generations of 1 024 keys
+    src = ListSource()
+    con, s = make(tmp_path / "l.duckdb", src)
+    ledger = s._sink
+    assert isinstance(ledger, Ledger) and ledger.dedup_window_s == 3600
+    t0 = 1_767_225_600_000_000_000
+    second = 10**9
+    # 5 000 calls half a second apart, settled in batches of 500 as they come: 2 500 s of calls, more than the
+    # filter holds (3 072-4 096 keys: 1 536-2 048 s).
+    for b in range(10):
+        feed(s, src, [span(f"m{i:04d}", "1", kind=3, seq=i + 1, start=t0 + i * second // 2,
+                           attrs=chat(1, 1, response_id=f"r{i}", **{"tenant.id": "acme"}))
+                      for i in range(b * 500, (b + 1) * 500)])
+        s.flush()
+    assert ledger._seen.covers_from_ns > t0  # the oldest generations were emptied
+    assert ledger.exact_lookups == 0
+    assert 1536 <= ledger.dedup_window_s < 2048
+    assert sum("filter of recent dedup keys holds only the last" in r.getMessage() for r in caplog.records) == 1
+    # A second report of a recent call: found through the filter, not by a lookup in the ledger.
+    feed(s, src, [span("z", "1", kind=3, seq=6000, start=t0 + 4990 * second // 2,
+                       attrs=chat(1, 1, response_id="r4990", **{"tenant.id": "acme", "server.address": "x"}))])
+    s.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls WHERE response_id = 'r4990' "
+                       "ORDER BY trace_id").fetchall()
+    assert [(t[:5], d) for t, d in rows] == [("m4990", True), ("z0000", False)]
+    assert ledger.exact_lookups == 0
+    # A report of a call older than the filter covers (a replayed backlog): looked up in the ledger.
+    feed(s, src, [span("y", "1", kind=3, seq=6001, start=t0 + 10 * second // 2,
+                       attrs=chat(1, 1, response_id="r10", **{"tenant.id": "acme", "server.address": "x"}))])
+    s.flush()
+    rows = con.execute("SELECT trace_id, is_duplicate FROM calls WHERE response_id = 'r10' "
+                       "ORDER BY trace_id").fetchall()
+    assert [(t[:5], d) for t, d in rows] == [("m0010", True), ("y0000", False)]
+    assert ledger.exact_lookups == 1
 
 
 def test_at_start_the_filters_take_the_newest_keys_that_fit_and_cover_from_after_the_rest(
