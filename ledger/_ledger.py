@@ -260,6 +260,21 @@ class Ledger:
             snap = self._by_day.snapshot()
         return {(k[0], k[1]): t[0] for k, t in snap if k[0] is not None and k[1] >= since}
 
+    def _maybe_seen(self, keys: list[str], oldest_ns: int) -> list[str]:
+        """Of ``keys`` (of calls that started from ``oldest_ns`` on), those that earlier reports in the ledger may
+        carry: the filter's candidates, or all of them when the calls started before what it covers (counted in
+        exact_lookups). Earlier reports that started from its covers_from_ns on carry keys it has seen. Asking that
+        it cover the whole window back from the oldest call (as before 2026-12-04) sent every settlement to the
+        ledger once traffic outgrew what it holds in a DEDUP_WINDOW: each settle then scanned an hour of calls, and
+        one core fell from ~55 to ~120 us a span after 11 minutes at 12 600 calls/s (bench/README.md). Instead, the
+        window it answers for shrinks to what it holds (dedup_window_s)."""
+        with self._filters_lock:
+            covered = oldest_ns >= self._seen.covers_from_ns
+            maybe = self._seen.maybe(keys) if covered else keys
+        if not covered:
+            self.exact_lookups += 1
+        return maybe
+
     def _replaced_since(self, replaced: frozenset[str] | None) -> dt.datetime | None:
         """A time at or before which the earlier rows of the traces ``replaced`` were settled (settled_at), or None
         (not known: statements on them scan the whole ledger). From the filter of settled traces, which keeps each
@@ -366,7 +381,6 @@ class Ledger:
         key_list: list[str] = keys.column(0).to_pylist()
         if len(key_list) < len(calls) - calls.column("dedup_key").null_count:
             calls = _ranked(calls)  # reports of one call within this settlement; against earlier ones, below
-        touched = ""
         bounds, oldest_ns, newest_ns = _window(calls)
         fresh = settlement.replaced is not None and not settlement.replaced
         con = self._con
@@ -388,23 +402,7 @@ class Ledger:
                     # No trace of this settlement was settled before: nothing to replace (the DELETEs scan
                     # the whole ledger, so skipping them matters as it grows); the dedup keys it touches are
                     # its own.
-                    window = DEDUP_WINDOW_SQL
-                    # Earlier reports that started from the filter's covers_from_ns on carry keys it has seen. A
-                    # settlement whose calls all started there asks the filter; an older one is looked up in the
-                    # ledger over the whole window. Asking that the filter cover the whole window back from the
-                    # oldest call (as before 2026-12-04) sent every settlement to the ledger once traffic outgrew
-                    # what the filter holds in a DEDUP_WINDOW: each settle then scanned an hour of calls, and one
-                    # core fell from ~55 to ~120 us a span after 11 minutes at 12 600 calls/s (bench/README.md).
-                    # Instead, the window the filter answers for shrinks to what it holds (dedup_window_s).
-                    with self._filters_lock:
-                        covered = oldest_ns >= self._seen.covers_from_ns
-                        maybe = self._seen.maybe(key_list) if covered else key_list
-                    if not covered:
-                        self.exact_lookups += 1
-                    touched = "_maybe" if maybe else ""
-                    if maybe:
-                        candidates = pa.table({"dedup_key": pa.array(maybe, pa.string())})
-                        scope.enter_context(registered(con, _maybe=candidates))
+                    maybe = self._maybe_seen(key_list, oldest_ns)
                 else:
                     # A re-settle: the traces' earlier rows are replaced. Every statement on them is bounded by
                     # when they were settled (settled_at; rows are appended in that order, so DuckDB's per-row-group
@@ -414,13 +412,14 @@ class Ledger:
                     since = self._replaced_since(settlement.replaced)
                     bound, args = (" AND settled_at >= ?", [since]) if since is not None else ("", [])
                     mine = "trace_id IN (SELECT trace_id FROM _traces)" + bound
-                    con.execute("CREATE OR REPLACE TEMP TABLE _old AS SELECT dedup_key, start_time FROM calls "
-                                f"WHERE dedup_key IS NOT NULL AND {mine}", args)
+                    old = con.execute("SELECT dedup_key, start_time FROM calls "
+                                      f"WHERE dedup_key IS NOT NULL AND {mine}", args).to_arrow_table()
+                    scope.enter_context(registered(con, _old=old))
                     # The window covers the earlier rows' reports too (a call may no longer be reported alike).
-                    old = con.execute("SELECT min(start_time), max(start_time) FROM _old").fetchall()
-                    if old and old[0][0] is not None:
-                        bounds = [min(bounds[0], old[0][0] - DEDUP_WINDOW), max(bounds[1], old[0][1] + DEDUP_WINDOW)]
-                    window = DEDUP_WINDOW_SQL
+                    started = pc.min_max(old.column("start_time"))
+                    if started["min"].is_valid:
+                        bounds = [min(bounds[0], started["min"].as_py() - DEDUP_WINDOW),
+                                  max(bounds[1], started["max"].as_py() + DEDUP_WINDOW)]
                     # Whose flags may change: keys reported more than once (one of their rows is a duplicate: the
                     # flag's zone maps skip the row groups without one), and this settlement's new keys that may
                     # have been reported elsewhere (the filter, as for a fresh settlement). `= true`, not the bare
@@ -428,24 +427,18 @@ class Ledger:
                     dup = con.execute("SELECT DISTINCT dedup_key FROM calls WHERE is_duplicate = true AND dedup_key IN "
                                       "(SELECT dedup_key FROM _keys UNION SELECT dedup_key FROM _old)"
                                       + DEDUP_WINDOW_SQL, bounds).fetchall()
-                    before = {r[0] for r in con.execute("SELECT DISTINCT dedup_key FROM _old").fetchall()}
+                    before = set(old.column("dedup_key").to_pylist())
                     new_keys = [k for k in key_list if k not in before]
-                    with self._filters_lock:
-                        covered = oldest_ns >= self._seen.covers_from_ns
-                        maybe = self._seen.maybe(new_keys) if covered else new_keys
-                    if not covered:
-                        self.exact_lookups += 1
-                    maybe = sorted({*maybe, *(r[0] for r in dup)})
-                    touched = "_maybe" if maybe else ""
-                    if maybe:
-                        candidates = pa.table({"dedup_key": pa.array(maybe, pa.string())})
-                        scope.enter_context(registered(con, _maybe=candidates))
+                    maybe = sorted({*self._maybe_seen(new_keys, oldest_ns), *(r[0] for r in dup)})
                     replaced = "NOT is_duplicate AND " + mine
                     for t in active:  # the rows replaced are no longer billed
                         deltas.append((t, -1, con.execute(grouped_sql(t.grouping, "calls", replaced), args).fetchall()))
                     con.execute("DELETE FROM calls WHERE " + mine, args)
                     con.execute("DELETE FROM traces WHERE " + mine, args)
                     con.execute("DELETE FROM trace_links WHERE trace_id IN (SELECT trace_id FROM _traces)")
+                touched = "_maybe" if maybe else ""
+                if maybe:
+                    scope.enter_context(registered(con, _maybe=pa.table({"dedup_key": pa.array(maybe, pa.string())})))
                 con.execute("INSERT INTO calls BY NAME SELECT *, ? AS settled_at FROM _calls", [now])
                 con.execute("INSERT INTO traces BY NAME SELECT * FROM _traces")
                 if links.num_rows:
@@ -459,7 +452,7 @@ class Ledger:
                     SELECT trace_id, span_id, dup FROM (
                         SELECT trace_id, span_id, is_duplicate, row_number() OVER (
                             PARTITION BY dedup_key ORDER BY dedup_rank, trace_id, span_id) > 1 AS dup
-                        FROM calls WHERE dedup_key IN (SELECT dedup_key FROM {touched}){window}
+                        FROM calls WHERE dedup_key IN (SELECT dedup_key FROM {touched}){DEDUP_WINDOW_SQL}
                     ) WHERE dup IS DISTINCT FROM is_duplicate
                     """, bounds
                 ).to_arrow_table()
@@ -468,7 +461,8 @@ class Ledger:
                         for t in active:  # a row that becomes a duplicate is no longer billed
                             for dup, *group in con.execute(grouped_sql(
                                     t.grouping, "calls c JOIN _flips f ON c.trace_id = f.trace_id AND "
-                                    "c.span_id = f.span_id", f"true{window}", first="f.dup"), bounds).fetchall():
+                                    "c.span_id = f.span_id", "true" + DEDUP_WINDOW_SQL, first="f.dup"),
+                                    bounds).fetchall():
                                 deltas.append((t, -1 if dup else 1, [tuple(group)]))
                         con.execute("UPDATE calls SET is_duplicate = f.dup FROM _flips f "
                                     "WHERE calls.trace_id = f.trace_id AND calls.span_id = f.span_id")
