@@ -21,8 +21,10 @@ CATALOG = "ledger"
 # group, and a later checkpoint rewrites it: with ~1 KB spans that rewrite held up to ~390 MiB of unevictable
 # memory whatever the checkpoint threshold (16, 64 or 128 MiB), which is how a checkpoint once failed to pin a block
 # and invalidated the database. With 16 384 rows the peak is ~1.6x the threshold and a 512-span commit costs ~25 %
-# less CPU (bench/README.md, "2026-11-30, 19:00").
-ROW_GROUP_SIZE = 16_384
+# less CPU (bench/README.md, "2026-11-30, 19:00"). DuckDB 1.5 keeps each written row group's metadata in the heap
+# while the file is attached (~3.5 KB a column): 32 768 rows halve it to ~4 bytes a call (8.4 at 16 384) at the
+# same write cost; 65 536 and more cost ~1.8x the CPU a row (bench/README.md, "2026-12-04, 23:50").
+ROW_GROUP_SIZE = 32_768
 
 
 class Cursors(Protocol):
@@ -91,7 +93,7 @@ class LedgerFile:
     def reattach(self, wait_s: float = 5.0) -> bool:
         """Detach the ledger file and attach it again; False (nothing done) if its users did not all leave within
         ``wait_s``. DuckDB keeps the metadata of every row group it has written (column segments and their
-        statistics, ~7 bytes a call with the ledger's row groups) in the C++ heap for as long as the file is
+        statistics, ~4 bytes a call with the ledger's row groups) in the C++ heap for as long as the file is
         attached: in a server that runs for months that alone grows without bound (bench/README.md, 2026-12-01
         12:40). Detaching gives it back (and checkpoints the WAL); cursors keep working once the file is attached
         again under the same name, and read the metadata they need lazily. The buffer cache starts empty."""

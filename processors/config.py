@@ -79,12 +79,13 @@ class ProcessorsConfig(_Strict):
     """Longest a due trace waits for its batch to fill (see settle_batch_spans)."""
     max_batch_spans: int = Field(default=16_384, gt=0)
     """Most spans settled in one ledger transaction (a backlog is settled in several): bounds the transient
-    memory of a settle (records, Arrow tables) however far behind the settler fell. The default is the ledger's row
-    group (16 384 rows, ledger._file.ROW_GROUP_SIZE), so a transaction's calls fit in one: DuckDB writes a larger one
-    straight to row groups of its own (a part-filled last one doubles the file), and each smaller transaction after
-    it (a tick's remainder) starts a new in-memory row group of ~25 MiB that the WAL-sized checkpoint does not count:
-    with batches of 20 000 and 32 768 spans serve held ~250 MiB of such rows and stalled writes for up to 4.4 s
-    (bench/README.md, 2026-12-02 05:15 and 07:45)."""
+    memory of a settle (records, Arrow tables) however far behind the settler fell. The default is half the ledger's
+    row group (ledger._file.ROW_GROUP_SIZE, 32 768 rows since 2026-12-05; the whole of it, 16 384, when this was
+    measured), so a transaction's calls fit in one: DuckDB writes a larger one straight to row groups of its own (a
+    part-filled last one doubles the file), and each smaller transaction after it (a tick's remainder) starts a new
+    in-memory row group that the WAL-sized checkpoint does not count: with batches of 20 000 and 32 768 spans and
+    16 384-row groups serve held ~250 MiB of such rows and stalled writes for up to 4.4 s (bench/README.md,
+    2026-12-02 05:15 and 07:45)."""
     settled_cache_traces: int = Field(default=20_000, ge=0)
     """Recently settled traces remembered (the sequence numbers of their spans in the spool, and their summary for
     linked traces; ~200 bytes each) so a late span re-settles its trace from that part of the spool, not a scan of

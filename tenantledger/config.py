@@ -75,7 +75,7 @@ class LedgerConfig(_Strict):
     reattach_after_calls: int = Field(default=0, ge=0)
     """In `serve`, detach the ledger file and attach it again after this many calls were written to it (0: never,
     the default). While a DuckDB file is attached, DuckDB keeps the metadata of each row group written (column
-    segments and their statistics) in the process's heap, ~7 bytes a call with the ledger's row groups, so a server
+    segments and their statistics) in the process's heap, ~4 bytes a call with the ledger's row groups, so a server
     that runs for months grows by that (bench/README.md, 2026-12-01 12:40). Re-attaching gives it back, but DuckDB
     1.5 (the pinned release) loads the metadata of a whole table again at the second checkpoint that table has after
     it, so under steady writes the memory comes back within a minute; DuckDB 2.0 keeps it unloaded (bench/README.md,
