@@ -23,7 +23,7 @@ CATALOG = "ledger"
 # and invalidated the database. With 16 384 rows the peak is ~1.6x the threshold and a 512-span commit costs ~25 %
 # less CPU (bench/README.md, "2026-11-30, 19:00"). DuckDB 1.5 keeps each written row group's metadata in the heap
 # while the file is attached (~3.5 KB a column): 32 768 rows halve it to ~4 bytes a call (8.4 at 16 384) at the
-# same write cost; 65 536 and more cost ~1.8x the CPU a row (bench/README.md, "2026-12-04, 23:50").
+# same write cost; 65 536 and 122 880 cost 1.8-2.3x the CPU a row (bench/README.md, "2026-12-04, 23:50").
 ROW_GROUP_SIZE = 32_768
 
 
