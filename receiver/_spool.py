@@ -537,10 +537,16 @@ def _published(ex: Extracted, first: int, export_baggage: str | None) -> list[St
 def table_to_spans(table: pa.Table, *, attribute_text: bool = False) -> list[StagedSpan]:
     """Spans read back (a table of ``SCHEMA``), column by column: a backlog is read back a span at a time otherwise,
     and row dicts plus a JSON parse of every span's resource cost ~15 us a span (bench/README.md, 2026-12-01).
-    ``attribute_text``: attributes as JSONAttributes, not parsed here."""
+    ``attribute_text``: attributes as JSONAttributes, not parsed here.
+
+    Equal strings share one object, as in spans received live (receiver._otlp.extract): a trace's id, a parent's
+    span id, names, scopes, baggage and attribute values. Read back with a copy of each, a span held ~1 950 bytes
+    while it waited to settle instead of ~930, so a backlog read back took twice the memory it took when it
+    arrived (bench/README.md, 2026-12-05)."""
     cols = {name: table.column(name).to_pylist() for name in SCHEMA.names}
     loads = orjson.loads
     resources: dict[str, Any] = {}  # a request's spans share one resource: parsed once, shared (read-only)
+    share: Callable[[Any, Any], Any] = {}.setdefault  # a value -> the first equal one read here
 
     def resource(text: str) -> Any:
         parsed = resources.get(text)
@@ -548,13 +554,35 @@ def table_to_spans(table: pa.Table, *, attribute_text: bool = False) -> list[Sta
             parsed = resources[text] = loads(text)
         return parsed
 
+    def shared(name: str) -> list[Any]:
+        values = cols[name]
+        if None in values:
+            return [None if v is None else share(v, v) for v in values]
+        return list(map(share, values, values))
+
+    span_ids = shared("span_id")  # first: a parent's id is then the object its own span holds
     return list(map(
-        StagedSpan, cols["seq"], cols["trace_id"], cols["span_id"], cols["parent_span_id"], cols["name"],
-        cols["kind"], cols["start_ns"], cols["end_ns"], cols["service_name"], cols["scope_name"],
-        cols["scope_version"], map(JSONAttributes if attribute_text else loads, cols["attributes"]),
+        StagedSpan, cols["seq"], shared("trace_id"), span_ids, shared("parent_span_id"), shared("name"),
+        cols["kind"], cols["start_ns"], cols["end_ns"], shared("service_name"), shared("scope_name"),
+        shared("scope_version"),
+        map(JSONAttributes, cols["attributes"]) if attribute_text else
+        [_shared_attributes(text, share) for text in cols["attributes"]],
         map(resource, cols["resource_attributes"]),
-        map(_events, cols["events"]), map(_links, cols["links"]), cols["export_baggage"], cols["status_code"],
+        map(_events, cols["events"]), map(_links, cols["links"]), shared("export_baggage"), cols["status_code"],
     ))
+
+
+def _shared_attributes(text: str, share: Callable[[Any, Any], Any]) -> dict[str, Any]:
+    """A span's attributes read back: its string and integer values shared (``share``), the dict built key by key.
+    orjson sizes a 14-key dict's table at 632 bytes, over CPython's 512-byte small-object limit, so a backlog read
+    back was carved out of glibc's heap, which kept that size after the backlog was settled (+40 MiB after a 3 s
+    stall at 11 000 spans/s); built key by key, the table is 464 bytes and comes from CPython's own arenas, as a
+    span's attributes received live do (bench/README.md, 2026-12-05)."""
+    out: dict[str, Any] = {}
+    for key, value in orjson.loads(text).items():
+        # str and int only: 1, 1.0 and True are equal keys, and a value must keep its type.
+        out[key] = share(value, value) if type(value) is str or type(value) is int else value
+    return out
 
 
 def _events(text: str | None) -> tuple[SpanEvent, ...]:

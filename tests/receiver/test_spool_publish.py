@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -206,6 +207,47 @@ def test_read_after_pages_through_the_spool_in_order_and_skips_a_gap(tmp_path: P
         seq = page[-1].seq
     assert seen == [n for n in range(1, total + 1) if not gap_from <= n < gap_from + 41]
     assert spool.read_after(total, 7) == []
+
+
+def _held_bytes(spans: list[StagedSpan]) -> int:
+    """What a list of spans holds in memory: every object reachable from them, each counted once."""
+    seen: set[int] = set()
+    total = 0
+    stack: list[Any] = list(spans)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, StagedSpan):
+            stack.extend(getattr(obj, f) for f in StagedSpan.__slots__)
+        elif isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (tuple, list)):
+            stack.extend(obj)
+    return total
+
+
+def test_a_backlog_read_back_holds_no_more_memory_than_when_it_arrived(tmp_path: Path) -> None:
+    """Spans left in the spool under load (processors.max_pending_spans_in_memory) wait in memory once read back,
+    as they would have on arrival: equal ids, names and attribute values share one object as they do live, and each
+    attribute dict stays within CPython's small-object allocator (512 bytes), whose arenas are given back once
+    free; glibc's heap kept a backlog's worth of larger ones (bench/README.md, 2026-12-05)."""
+    spool = Spool(tmp_path / "spool")
+    published: list[StagedSpan] = []
+    spool.subscribe(published.extend)
+    filt = AttributeFilter(IdentityConfig().all_keys() | EXTRA_KEYS)
+    for _ in range(5):
+        for _, ex in _requests(filt):
+            spool.append(ex, "tenant.id=acme")
+    read_back = spool.read_after(0, 1_000_000)
+    assert read_back == published and len(read_back) > 500
+    assert _held_bytes(read_back) <= 1.1 * _held_bytes(published)
+    assert max(sys.getsizeof(s.attributes) for s in read_back if len(s.attributes) <= 21) <= 512
+    by_id = {s.span_id: s.span_id for s in read_back}
+    assert all(by_id[s.parent_span_id] is s.parent_span_id for s in read_back if s.parent_span_id in by_id)
 
 
 def test_read_traces_within_a_sequence_range_returns_only_those_spans(tmp_path: Path) -> None:
